@@ -1,0 +1,148 @@
+"""The generation engine: batches of prompts of different lengths, a preallocated explicit cache, and a
+prefill + decode-step loop on one of several backends.
+
+Backends:
+- "torch": eager PyTorch.
+- "compiled": the decode step under torch.compile (inductor), with static shapes: the cache length is
+  rounded up to a multiple of CACHE_BUCKET so that requests of similar size reuse one compiled graph.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from runtime.sampling import select_next_tokens, validate_sampling
+from zoo.errors import ContextLengthError, ZooError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "compiled")
+CACHE_BUCKET = 128
+
+
+@dataclass
+class GenerationResult:
+    """New tokens per prompt, and when each batch step's tokens were ready (time.perf_counter seconds)."""
+
+    tokens: list[list[int]]
+    start_time: float
+    token_times: list[float] = field(default_factory=list)  # token_times[i]: step i's tokens ready
+
+    @property
+    def ttft_s(self) -> float:
+        return self.token_times[0] - self.start_time
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Mean time per output token after the first (None when only one token was generated)."""
+        n = len(self.token_times)
+        return (self.token_times[-1] - self.token_times[0]) / (n - 1) if n > 1 else None
+
+
+class Engine:
+    def __init__(self, model: torch.nn.Module, backend: str = "torch"):
+        if backend not in BACKENDS:
+            raise ZooError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+        self.model = model.eval()
+        self.config = model.config
+        self.backend = backend
+        if backend == "compiled":
+            self._decode = torch.compile(model.decode_step, fullgraph=True, dynamic=False)
+        else:
+            self._decode = model.decode_step
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, backend: str = "torch") -> "Engine":
+        return cls(model, backend)
+
+    @classmethod
+    def load(cls, name_or_path: str, backend: str = "torch", dtype: torch.dtype | None = None, seed: int = 0):
+        """A checkpoint directory, or a registered model name with seeded random weights."""
+        from zoo.registry import load_model
+
+        return cls(load_model(name_or_path, dtype=dtype, seed=seed), backend)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def check_request(self, prompts: list[list[int]], max_new_tokens: int) -> None:
+        if not prompts:
+            raise ZooError("no prompts given")
+        if max_new_tokens < 1:
+            raise ZooError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        context, vocab = self.config.max_seq_len, self.config.vocab_size
+        for i, prompt in enumerate(prompts):
+            if not prompt:
+                raise ZooError(f"prompt {i} is empty")
+            if len(prompt) > context:
+                raise ContextLengthError(
+                    f"prompt {i} has {len(prompt)} tokens, longer than the model's context of {context}"
+                )
+            if len(prompt) + max_new_tokens > context:
+                raise ContextLengthError(
+                    f"prompt {i} ({len(prompt)} tokens) plus max_new_tokens={max_new_tokens} exceeds the "
+                    f"model's context of {context}; ask for at most {context - len(prompt)} new tokens"
+                )
+            bad = [t for t in prompt if not 0 <= t < vocab]
+            if bad:
+                raise ZooError(f"prompt {i} has token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+
+    def cache_length(self, longest_prompt: int, max_new_tokens: int) -> int:
+        needed = longest_prompt + max_new_tokens
+        if self.backend == "compiled":
+            needed = -(-needed // CACHE_BUCKET) * CACHE_BUCKET
+        return min(needed, self.config.max_seq_len)
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, **sampling) -> list[list[int]]:
+        """New tokens per prompt. Keyword options as `generate_with_stats`."""
+        return self.generate_with_stats(prompts, max_new_tokens, **sampling).tokens
+
+    @torch.inference_mode()
+    def generate_with_stats(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        eos_token_id: int | list[int] | None = None,
+    ) -> GenerationResult:
+        """Generate up to max_new_tokens per prompt; a row stops after emitting an EOS id (kept in its output)."""
+        self.check_request(prompts, max_new_tokens)
+        validate_sampling(temperature, top_k, top_p)
+        device = self.device
+        generator = None
+        if temperature > 0:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(seed if seed is not None else torch.seed())
+        eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+
+        batch = len(prompts)
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        longest = int(lengths.max())
+        input_ids = torch.zeros(batch, longest, dtype=torch.long, device=device)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, : len(prompt)] = torch.tensor(prompt, device=device)
+        state = self.model.init_state(batch, self.cache_length(longest, max_new_tokens))
+
+        result = GenerationResult(tokens=[[] for _ in prompts], start_time=time.perf_counter())
+        logits, state = self.model.prefill(input_ids, lengths, state)
+        positions = lengths
+        finished = [False] * batch
+        for step in range(max_new_tokens):
+            next_tokens = select_next_tokens(logits, temperature, top_k, top_p, generator)
+            token_list = next_tokens.tolist()
+            result.token_times.append(time.perf_counter())
+            for row, token in enumerate(token_list):
+                if not finished[row]:
+                    result.tokens[row].append(token)
+                    finished[row] = token in eos
+            if all(finished) or step == max_new_tokens - 1:
+                break
+            logits, state = self._decode(next_tokens, positions, state)
+            positions = positions + 1
+        return result

@@ -1,0 +1,1 @@
+"""One folder per family: config with named sizes, checkpoint conversion, README."""

@@ -1,0 +1,3 @@
+from zoo.models.gpt.config import SIZES, GPTConfig
+
+__all__ = ["GPTConfig", "SIZES"]

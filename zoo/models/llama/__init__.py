@@ -1,0 +1,3 @@
+from zoo.models.llama.config import SIZES, LlamaConfig
+
+__all__ = ["LlamaConfig", "SIZES"]

@@ -1,0 +1,183 @@
+"""The pre-norm decoder-only transformer that the Llama and GPT families (and later families) configure.
+
+Every decoder model of the zoo exposes the same three entry points, which later issues capture, fuse and
+export:
+- `forward(input_ids)` -> logits (B, L, V): the full causal forward, the oracle of every cached path;
+- `prefill(input_ids, lengths, state)` -> (logits at each row's last prompt token (B, V), state);
+- `decode_step(tokens, positions, state)` -> (logits (B, V), state): one token per row at its own position.
+`state` is a dict of tensors made by `init_state`; here {"k", "v"}, each (layers, B, Hkv, T, D).
+"""
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from zoo.nn.attention import SelfAttention
+from zoo.nn.mlp import MLP, GatedMLP
+from zoo.nn.norms import make_norm
+from zoo.nn.rope import RotaryEmbedding
+
+DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
+
+
+@dataclass
+class DecoderConfig:
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    n_kv_heads: int | None = None  # None: multi-head attention (n_heads)
+    head_dim: int | None = None  # None: d_model // n_heads
+    max_seq_len: int = 2048
+    norm: str = "rms"  # "rms" | "layer"
+    norm_eps: float = 1e-6
+    mlp: str = "gated"  # "gated" (SwiGLU-style) | "plain"
+    activation: str = "silu"
+    position: str = "rope"  # "rope" | "learned" | "none"
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # HF rope_parameters without rope_theta, e.g. {"rope_type": "llama3", ...}
+    tie_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    init_std: float = 0.02
+
+    family: ClassVar[str] = "decoder"
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+            self.head_dim = self.d_model // self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+        return cls(**values)
+
+    def num_params(self) -> int:
+        """Parameter count from the config alone (no weights are built)."""
+        d, H, Hkv, D, F = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim, self.d_ff
+        attn = d * H * D * 2 + d * Hkv * D * 2
+        if self.attention_bias:
+            attn += H * D + 2 * Hkv * D + d
+        mlp_mats = 3 if self.mlp == "gated" else 2
+        mlp = mlp_mats * d * F + (((mlp_mats - 1) * F + d) if self.mlp_bias else 0)
+        norm = d * (2 if self.norm == "layer" else 1)
+        per_layer = attn + mlp + 2 * norm
+        total = self.n_layers * per_layer + norm + self.vocab_size * d
+        if not self.tie_embeddings:
+            total += self.vocab_size * d
+        if self.position == "learned":
+            total += self.max_seq_len * d
+        return total
+
+    def cache_bytes_per_token(self, dtype: torch.dtype = torch.float16) -> int:
+        """KV-cache bytes one token adds, over all layers (keys and values)."""
+        return 2 * self.n_layers * self.n_kv_heads * self.head_dim * DTYPE_BYTES[dtype]
+
+
+class DecoderBlock(nn.Module):
+    """x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        c = config
+        self.attn_norm = make_norm(c.norm, c.d_model, c.norm_eps)
+        self.attn = SelfAttention(c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, bias=c.attention_bias)
+        self.mlp_norm = make_norm(c.norm, c.d_model, c.norm_eps)
+        mlp_cls = {"gated": GatedMLP, "plain": MLP}[c.mlp]
+        self.mlp = mlp_cls(c.d_model, c.d_ff, act=c.activation, bias=c.mlp_bias)
+
+    def forward(self, x, rope, kv=None):
+        x = x + self.attn(self.attn_norm(x), rope, kv)
+        return x + self.mlp(self.mlp_norm(x))
+
+    def decode(self, x, positions, rope, kv):
+        x = x + self.attn.decode(self.attn_norm(x), positions, rope, kv)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class DecoderLM(nn.Module):
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        c = self.config = config
+        self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        self.pos_embed = nn.Embedding(c.max_seq_len, c.d_model) if c.position == "learned" else None
+        self.rotary = RotaryEmbedding(c.head_dim, c.rope_theta, c.rope_scaling) if c.position == "rope" else None
+        self.layers = nn.ModuleList(DecoderBlock(c) for _ in range(c.n_layers))
+        self.norm = make_norm(c.norm, c.d_model, c.norm_eps)
+        # Tied embeddings reuse embed.weight in `logits`, so the state dict holds the matrix once.
+        self.lm_head = None if c.tie_embeddings else nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Linear and embedding weights ~ N(0, init_std), biases 0, norm weights 1."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=self.config.init_std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+    def embed_tokens(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = self.embed(input_ids)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)
+        return x
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype):
+        return None if self.rotary is None else self.rotary(positions, dtype)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.norm(h)
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        return h @ weight.T
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        B, L = input_ids.shape
+        positions = torch.arange(L, device=input_ids.device).expand(B, L)
+        x = self.embed_tokens(input_ids, positions)
+        rope = self.rope(positions, x.dtype)
+        for layer in self.layers:
+            x = layer(x, rope)
+        return self.logits(x)
+
+    def init_state(self, batch: int, max_len: int, dtype=None, device=None) -> dict[str, torch.Tensor]:
+        c = self.config
+        param = next(self.parameters())
+        shape = (c.n_layers, batch, c.n_kv_heads, max_len, c.head_dim)
+        dtype, device = dtype or param.dtype, device or param.device
+        return {"k": torch.zeros(shape, dtype=dtype, device=device), "v": torch.zeros(shape, dtype=dtype, device=device)}
+
+    def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, state: dict[str, torch.Tensor]):
+        """input_ids: (B, L) right-padded; lengths: (B,) real prompt lengths. Returns logits at lengths-1."""
+        B, L = input_ids.shape
+        positions = torch.arange(L, device=input_ids.device).expand(B, L)
+        x = self.embed_tokens(input_ids, positions)
+        rope = self.rope(positions, x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, (state["k"][i], state["v"][i]))
+        last = x[torch.arange(B, device=x.device), lengths - 1]
+        return self.logits(last), state
+
+    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, state: dict[str, torch.Tensor]):
+        """tokens, positions: (B,). Token b sits at positions[b]; returns its next-token logits (B, V)."""
+        x = self.embed_tokens(tokens[:, None], positions[:, None])
+        rope = self.rope(positions[:, None], x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer.decode(x, positions, rope, (state["k"][i], state["v"][i]))
+        return self.logits(x[:, 0]), state

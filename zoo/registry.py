@@ -1,0 +1,152 @@
+"""The model registry: families, their named sizes, building and loading models by name or directory."""
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from zoo import checkpoint
+from zoo.errors import CheckpointError, UnknownModelError
+from zoo.models.gpt import config as gpt_config
+from zoo.models.gpt import convert as gpt_convert
+from zoo.models.llama import config as llama_config
+from zoo.models.llama import convert as llama_convert
+from zoo.nn.transformer import DecoderConfig, DecoderLM
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    config_cls: type[DecoderConfig]
+    model_cls: type[torch.nn.Module]
+    sizes: dict[str, DecoderConfig]
+    hf_converter: ModuleType | None = None  # HF_MODEL_TYPES, config_from_hf, state_dict_from_hf, hf_config_from
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> None:
+    clash = set(family.sizes) & set(model_names())
+    if family.name in FAMILIES or clash:
+        raise ValueError(f"family {family.name!r} or sizes {sorted(clash)} already registered")
+    FAMILIES[family.name] = family
+
+
+def model_names() -> list[str]:
+    return [name for family in FAMILIES.values() for name in family.sizes]
+
+
+register(Family("llama", llama_config.LlamaConfig, DecoderLM, llama_config.SIZES, llama_convert))
+register(Family("gpt", gpt_config.GPTConfig, DecoderLM, gpt_config.SIZES, gpt_convert))
+
+
+def get_config(name: str) -> DecoderConfig:
+    """The config of a named size (a fresh copy), or an error listing close names."""
+    for family in FAMILIES.values():
+        if name in family.sizes:
+            return family.config_cls.from_dict(family.sizes[name].to_dict())
+    names = model_names()
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    close += [n for n in names if name and (n.startswith(name) or name in n) and n not in close]
+    hint = f"; did you mean: {', '.join(close[:5])}?" if close else ""
+    raise UnknownModelError(f"unknown model {name!r}{hint} (`zoo list` shows all {len(names)} names)")
+
+
+def family_of(config: DecoderConfig) -> Family:
+    return FAMILIES[config.family]
+
+
+def build_from_config(config: DecoderConfig, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"):
+    """A model of `config` with random weights drawn from `seed` (the same seed gives the same weights)."""
+    model = _allocate(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model.reset_parameters()
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _allocate(config: DecoderConfig) -> torch.nn.Module:
+    """The model of `config` with uninitialised CPU weights (built on meta: no wasted random init)."""
+    with torch.device("meta"):
+        model = family_of(config).model_cls(config)
+    return model.to_empty(device="cpu")
+
+
+def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"):
+    """zoo.build("llama-tiny"): the named config with seeded random weights, in eval mode."""
+    return build_from_config(get_config(name), seed=seed, dtype=dtype, device=device)
+
+
+def is_checkpoint_dir(name_or_path: str | os.PathLike) -> bool:
+    return Path(name_or_path).is_dir()
+
+
+def load_config(path: str | os.PathLike) -> tuple[DecoderConfig, ModuleType | None]:
+    """(config, HF converter or None for a zoo-format directory) from `path`/config.json."""
+    raw = checkpoint.read_config_json(path)
+    if "zoo_family" in raw:
+        family = FAMILIES.get(raw["zoo_family"])
+        if family is None:
+            raise CheckpointError(f"{path}: unknown zoo_family {raw['zoo_family']!r}; known: {', '.join(FAMILIES)}")
+        try:
+            return family.config_cls.from_dict(raw["config"]), None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: bad {family.name} config: {exc}") from exc
+    model_type = raw.get("model_type")
+    for family in FAMILIES.values():
+        if family.hf_converter and model_type in family.hf_converter.HF_MODEL_TYPES:
+            try:
+                return family.hf_converter.config_from_hf(raw), family.hf_converter
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"{path}: cannot read HF {model_type} config: {exc}") from exc
+    known = [t for f in FAMILIES.values() if f.hf_converter for t in f.hf_converter.HF_MODEL_TYPES]
+    raise CheckpointError(
+        f"{path}: config.json has model_type {model_type!r}, which the zoo does not import; "
+        f"supported: {', '.join(known)} (or a zoo checkpoint with 'zoo_family')"
+    )
+
+
+def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, device="cpu"):
+    """Load an HF-format (LlamaForCausalLM, GPT2LMHeadModel) or zoo-format checkpoint directory."""
+    config, converter = load_config(path)
+    tensors = checkpoint.load_safetensors_dir(path)
+    unexpected: list[str] = []
+    if converter is not None:
+        tensors, unexpected = converter.state_dict_from_hf(tensors, config)
+    checkpoint_dtype = next(iter(tensors.values())).dtype
+    model = _allocate(config).to(checkpoint_dtype)
+    checkpoint.load_state_dict_strict(model, tensors, str(path), unexpected)
+    return model.to(device=device, dtype=dtype or checkpoint_dtype).eval()
+
+
+def save_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """Write `model` as a zoo-format directory (config.json + model.safetensors), atomically."""
+    return checkpoint.save_zoo_checkpoint(path, model.config.family, model.config.to_dict(), model.state_dict())
+
+
+def load_model(name_or_path: str, dtype: torch.dtype | None = None, seed: int = 0, device="cpu"):
+    """A checkpoint directory if `name_or_path` is one, else a registered name with seeded random weights."""
+    if is_checkpoint_dir(name_or_path):
+        return from_pretrained(name_or_path, dtype=dtype, device=device)
+    return build(name_or_path, seed=seed, dtype=dtype or torch.float32, device=device)
+
+
+def list_models() -> list[dict]:
+    rows = []
+    for family in FAMILIES.values():
+        for name, config in family.sizes.items():
+            rows.append(
+                dict(
+                    name=name,
+                    family=family.name,
+                    params=config.num_params(),
+                    layers=config.n_layers,
+                    d_model=config.d_model,
+                    context=config.max_seq_len,
+                )
+            )
+    return rows
