@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny HF twins of zoo configs, written as real checkpoint directories."""
+
+import torch
+import pytest
+
+from zoo.models.gpt import convert as gpt_convert
+from zoo.models.llama import convert as llama_convert
+
+CONVERTERS = {"llama": llama_convert, "gpt": gpt_convert}
+
+
+def make_hf_model(config, seed: int = 0):
+    """The HF model (LlamaForCausalLM / GPT2LMHeadModel) of a zoo config, with weights large enough that
+    logits are O(1) and differ between tokens (HF's 0.02 init makes every logit nearly 0)."""
+    import transformers
+
+    hf_kwargs = CONVERTERS[config.family].hf_config_from(config)
+    model_type = hf_kwargs.pop("model_type")
+    config_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel),
+    }[model_type]
+    hf_config = config_cls(**hf_kwargs, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    model = model_cls(hf_config).eval()
+    return informative_weights(model, seed)
+
+
+def informative_weights(model, seed: int = 0):
+    """Redraw weights so that logits are O(1) and differ between tokens: matrices ~ N(0, 0.1) (embeddings
+    0.15), norm weights ~ 1 + N(0, 0.2), biases ~ N(0, 0.1). HF's and the zoo's 0.02 init make every
+    logit nearly 0, which hides bugs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
+            if param.dim() > 1:
+                embedding = any(key in name for key in ("embed", "wte", "wpe"))
+                param.copy_(noise * (0.15 if embedding else 0.1))
+            elif name.endswith("bias"):
+                param.copy_(noise * 0.1)
+            else:
+                param.copy_(1 + 0.2 * noise)
+    return model
+
+
+@pytest.fixture
+def hf_checkpoint(tmp_path):
+    """Factory: (checkpoint dir, HF model) for a zoo config; max_shard_size gives a sharded directory."""
+
+    def write(config, seed: int = 0, max_shard_size: str | None = None, name: str = "hf"):
+        model = make_hf_model(config, seed)
+        path = tmp_path / name
+        kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+        model.save_pretrained(path, **kwargs)
+        return path, model
+
+    return write
