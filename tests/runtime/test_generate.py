@@ -110,3 +110,17 @@ def test_request_errors_name_the_problem():
         Engine.from_model(zoo.build("llama-tiny"), backend="tensorrt")
     with pytest.raises(ValueError, match="top_p must be in"):
         engine.generate([[1]], 2, temperature=1.0, top_p=1.5)
+
+
+def test_weight_layouts_change_strides_not_results():
+    model = zoo.build("llama-tiny", seed=5)
+    wq = model.layers[0].attn.wq.weight
+    before = wq.detach().clone()
+    prompts = random_prompts(256, (3, 7))
+    row = Engine.from_model(model, weight_layout="row-major").generate(prompts, 6)
+    assert wq.is_contiguous()
+    column = Engine.from_model(model, weight_layout="column-major").generate(prompts, 6)
+    assert wq.T.is_contiguous() and not wq.is_contiguous()
+    assert torch.equal(wq, before) and column == row
+    with pytest.raises(ZooError, match="unknown weight layout"):
+        Engine.from_model(model, weight_layout="diagonal")

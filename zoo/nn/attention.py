@@ -26,12 +26,18 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 def cached_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """One query per row against the cache. q: (B, H, 1, D); positions: (B,); row b sees slots <= positions[b]."""
-    slots = torch.arange(k_cache.shape[2], device=q.device)
-    visible = slots[None, None, None, :] <= positions[:, None, None, None]  # (B, 1, 1, T)
-    return F.scaled_dot_product_attention(
-        q, k_cache, v_cache, attn_mask=visible, scale=scale, enable_gqa=True
-    )
+    """One query per row against the cache, written out: softmax(q K^T * scale, slots <= positions[b]) V.
+
+    q: (B, H, 1, D); caches: (B, Hkv, T, D); positions: (B,). The G = H / Hkv query heads that share a KV
+    head are laid out along the query axis, so no K/V head is repeated in memory.
+    """
+    B, H, _, D = q.shape
+    Hkv, T = k_cache.shape[1], k_cache.shape[2]
+    q = q.reshape(B, Hkv, H // Hkv, D)
+    scores = (q @ k_cache.transpose(-1, -2)).float() * scale  # (B, Hkv, G, T)
+    visible = torch.arange(T, device=q.device)[None, None, None, :] <= positions[:, None, None, None]
+    probs = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1).to(v_cache.dtype)
+    return (probs @ v_cache).reshape(B, H, 1, D)
 
 
 class SelfAttention(nn.Module):

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from zoo.nn.attention import SelfAttention
@@ -145,7 +146,7 @@ class DecoderLM(nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         h = self.norm(h)
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return h @ weight.T
+        return F.linear(h, weight)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         B, L = input_ids.shape
