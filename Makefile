@@ -1,0 +1,36 @@
+# `make demo` and `make test` each create their own virtual environment (.venv) and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench clean
+
+# torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+
+$(VENV)/.core-installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.core-installed
+
+# The main job on the embedded default (llama-small, seeded random weights, no downloads).
+demo: $(VENV)/.core-installed
+	$(BIN)/zoo list
+	$(BIN)/zoo info llama-small
+	$(BIN)/zoo generate llama-small --prompt-ids 1,15,29,7,400 --prompt-ids 9,3 --max-new-tokens 24
+	$(BIN)/zoo generate llama-small --prompt-ids 1,15,29,7,400 --prompt-ids 9,3 --max-new-tokens 24 --backend compiled
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m benchmarks.decode_vs_hf
+
+clean:
+	rm -rf $(VENV)
