@@ -20,16 +20,17 @@ from zoo.errors import ContextLengthError, ZooError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "compiled")
-WEIGHT_LAYOUTS = ("auto", "row-major", "column-major")
+WEIGHT_LAYOUTS = ("auto", "as-is", "row-major", "column-major")
 CACHE_BUCKET = 128
 
 
 def set_weight_layout(model: torch.nn.Module, layout: str) -> None:
     """Re-lay every weight matrix in place: same shapes and values, row-major or transposed strides.
 
-    Which layout streams fastest depends on the kernel that reads it (llama-small fp32 decode, batch 1,
-    2 CPU cores, all matrices): eager MKL/oneDNN gemv reads a column-major weight in 7.2 ms against 11.0
-    ms row-major; the compiled backend's matvec rewrite (passes/matvec_pass.py) wants row-major.
+    Which layout streams fastest depends on the kernel that reads it (llama-small fp32 decode, 2 CPU
+    cores): MKL/oneDNN read a column-major weight faster at every batch size tried (batch 1, all matrices:
+    7.2 ms against 11.0 ms row-major; compiled decode step at batch 8: 40.6 ms row-major); the compiled
+    backend's matvec rewrite (passes/matvec_pass.py, batch <= MAX_ROWS) wants row-major.
     """
     with torch.no_grad():
         for param in model.parameters():
@@ -63,10 +64,11 @@ class GenerationResult:
 class Engine:
     """Generation over a model's prefill / decode_step.
 
-    weight_layout "auto" picks the layout the backend's kernels read fastest on CPU (set_weight_layout:
-    column-major for "torch", row-major for "compiled") and leaves weights as they are on other devices.
-    The layout is applied to the model passed in (its values do not change) at the start of every
-    generate call, so engines of different backends can share one model.
+    weight_layout "auto" picks, per request, the layout the kernels read fastest on CPU (set_weight_layout:
+    row-major where the compiled backend's matvec rewrite applies, batch <= MAX_ROWS; column-major for
+    BLAS otherwise) and leaves weights as they are on other devices. The layout is applied to the model
+    passed in (its values do not change) at the start of every generate call, so engines of different
+    backends can share one model.
     """
 
     def __init__(self, model: torch.nn.Module, backend: str = "torch", weight_layout: str = "auto"):
@@ -74,8 +76,8 @@ class Engine:
             raise ZooError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
         if weight_layout not in WEIGHT_LAYOUTS:
             raise ZooError(f"unknown weight layout {weight_layout!r}; available: {', '.join(WEIGHT_LAYOUTS)}")
-        if weight_layout == "auto" and next(model.parameters()).device.type == "cpu":
-            weight_layout = "column-major" if backend == "torch" else "row-major"
+        if weight_layout == "auto" and next(model.parameters()).device.type != "cpu":
+            weight_layout = "as-is"
         self.weight_layout = weight_layout
         self.model = model.eval()
         self.config = model.config
@@ -101,6 +103,13 @@ class Engine:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def layout_for(self, batch: int) -> str:
+        if self.weight_layout != "auto":
+            return self.weight_layout
+        from passes.matvec_pass import MAX_ROWS
+
+        return "row-major" if self.backend == "compiled" and batch <= MAX_ROWS else "column-major"
 
     def check_request(self, prompts: list[list[int]], max_new_tokens: int) -> None:
         if not prompts:
@@ -130,6 +139,15 @@ class Engine:
             needed = -(-needed // CACHE_BUCKET) * CACHE_BUCKET
         return min(needed, self.config.max_seq_len)
 
+    def warmup(self, prompts: list[list[int]], max_new_tokens: int) -> float:
+        """Run the request's shapes once (this compiles the compiled backend's decode step); returns seconds."""
+        start = time.perf_counter()
+        longest = max(len(p) for p in prompts)
+        self.generate_with_stats(
+            prompts, min(2, max_new_tokens), cache_length=self.cache_length(longest, max_new_tokens)
+        )
+        return time.perf_counter() - start
+
     def generate(self, prompts: list[list[int]], max_new_tokens: int, **sampling) -> list[list[int]]:
         """New tokens per prompt. Keyword options as `generate_with_stats`."""
         return self.generate_with_stats(prompts, max_new_tokens, **sampling).tokens
@@ -144,12 +162,16 @@ class Engine:
         top_p: float | None = None,
         seed: int | None = None,
         eos_token_id: int | list[int] | None = None,
+        cache_length: int | None = None,
     ) -> GenerationResult:
-        """Generate up to max_new_tokens per prompt; a row stops after emitting an EOS id (kept in its output)."""
+        """Generate up to max_new_tokens per prompt; a row stops after emitting an EOS id (kept in its output).
+
+        cache_length: cache slots to allocate (default: longest prompt + max_new_tokens, bucketed for the
+        compiled backend).
+        """
         self.check_request(prompts, max_new_tokens)
         validate_sampling(temperature, top_k, top_p)
-        if self.weight_layout != "auto":
-            set_weight_layout(self.model, self.weight_layout)
+        set_weight_layout(self.model, self.layout_for(len(prompts)))
         device = self.device
         generator = None
         if temperature > 0:
@@ -163,7 +185,11 @@ class Engine:
         input_ids = torch.zeros(batch, longest, dtype=torch.long, device=device)
         for row, prompt in enumerate(prompts):
             input_ids[row, : len(prompt)] = torch.tensor(prompt, device=device)
-        state = self.model.init_state(batch, self.cache_length(longest, max_new_tokens))
+        if cache_length is None:
+            cache_length = self.cache_length(longest, max_new_tokens)
+        elif not longest + max_new_tokens <= cache_length <= self.config.max_seq_len:
+            raise ZooError(f"cache_length={cache_length} must be in [{longest + max_new_tokens}, {self.config.max_seq_len}]")
+        state = self.model.init_state(batch, cache_length)
 
         result = GenerationResult(tokens=[[] for _ in prompts], start_time=time.perf_counter())
         logits, state = self.model.prefill(input_ids, lengths, state)

@@ -146,6 +146,8 @@ def generate_command(model, prompt_ids, prompt_texts, max_new_tokens, temperatur
     tokenizer = load_tokenizer(model) if prompt_texts else None
     prompts = parse_prompt_ids(prompt_ids) if prompt_ids else [tokenizer.encode(t).ids for t in prompt_texts]
     engine = Engine.load(model, backend=backend, dtype=torch_dtype(dtype), seed=seed)
+    if backend == "compiled":
+        click.echo(f"compiled the decode step in {engine.warmup(prompts, max_new_tokens):.1f} s", err=True)
     result = engine.generate_with_stats(
         prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
         eos_token_id=list(eos_id) or None,
