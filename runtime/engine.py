@@ -20,6 +20,8 @@ from zoo.errors import ContextLengthError, ZooError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "compiled")
+# Backends named by the design that run exported artifacts; each says why it cannot run yet.
+ARTIFACT_BACKENDS = {"onnxruntime": ("onnxruntime", "onnx"), "tensorrt": ("tensorrt", "tensorrt")}
 WEIGHT_LAYOUTS = ("auto", "as-is", "row-major", "column-major")
 CACHE_BUCKET = 128
 
@@ -49,6 +51,7 @@ class GenerationResult:
     tokens: list[list[int]]
     start_time: float
     token_times: list[float] = field(default_factory=list)  # token_times[i]: step i's tokens ready
+    state_bytes: int = 0  # bytes of the cache/state tensors allocated for the request
 
     @property
     def ttft_s(self) -> float:
@@ -59,6 +62,23 @@ class GenerationResult:
         """Mean time per output token after the first (None when only one token was generated)."""
         n = len(self.token_times)
         return (self.token_times[-1] - self.token_times[0]) / (n - 1) if n > 1 else None
+
+
+def check_backend(name: str) -> None:
+    """Raise an error that says why `name` cannot run here (unknown, runtime missing, or not yet built)."""
+    if name in BACKENDS:
+        return
+    if name not in ARTIFACT_BACKENDS:
+        known = ", ".join([*BACKENDS, *ARTIFACT_BACKENDS])
+        raise ZooError(f"unknown backend {name!r}; known: {known}")
+    from zoo.errors import require
+
+    module, extra = ARTIFACT_BACKENDS[name]
+    require(module, extra)  # MissingDependencyError naming the extra when the runtime is not installed
+    raise ZooError(
+        f"the {name} backend runs exported artifacts, which this version cannot produce yet "
+        f"(`zoo export` is not implemented); available backends: {', '.join(BACKENDS)}"
+    )
 
 
 class Engine:
@@ -72,8 +92,7 @@ class Engine:
     """
 
     def __init__(self, model: torch.nn.Module, backend: str = "torch", weight_layout: str = "auto"):
-        if backend not in BACKENDS:
-            raise ZooError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+        check_backend(backend)
         if weight_layout not in WEIGHT_LAYOUTS:
             raise ZooError(f"unknown weight layout {weight_layout!r}; available: {', '.join(WEIGHT_LAYOUTS)}")
         if weight_layout == "auto" and next(model.parameters()).device.type != "cpu":
@@ -191,7 +210,11 @@ class Engine:
             raise ZooError(f"cache_length={cache_length} must be in [{longest + max_new_tokens}, {self.config.max_seq_len}]")
         state = self.model.init_state(batch, cache_length)
 
-        result = GenerationResult(tokens=[[] for _ in prompts], start_time=time.perf_counter())
+        result = GenerationResult(
+            tokens=[[] for _ in prompts],
+            start_time=time.perf_counter(),
+            state_bytes=sum(t.nbytes for t in state.values()),
+        )
         logits, state = self.model.prefill(input_ids, lengths, state)
         positions = lengths
         finished = [False] * batch

@@ -7,7 +7,7 @@ import zoo
 from runtime import Engine
 from tests.conftest import informative_weights
 from zoo.registry import build_from_config
-from zoo.errors import ContextLengthError, ZooError
+from zoo.errors import ContextLengthError, MissingDependencyError, ZooError
 from zoo.models.gpt import GPTConfig
 from zoo.models.llama import LlamaConfig
 
@@ -106,8 +106,12 @@ def test_request_errors_name_the_problem():
         engine.generate([[]], 4)
     with pytest.raises(ZooError, match=r"outside the vocabulary \[0, 256\): \[256, -1\]"):
         engine.generate([[1, 256, -1]], 4)
-    with pytest.raises(ZooError, match="unknown backend 'tensorrt'"):
+    with pytest.raises(ZooError, match="unknown backend 'tensorrtt'"):
+        Engine.from_model(zoo.build("llama-tiny"), backend="tensorrtt")
+    with pytest.raises(MissingDependencyError, match=r"tensorrt is not installed.*graph-zoo\[tensorrt\]"):
         Engine.from_model(zoo.build("llama-tiny"), backend="tensorrt")
+    with pytest.raises(ZooError, match="onnxruntime backend runs exported artifacts"):
+        Engine.from_model(zoo.build("llama-tiny"), backend="onnxruntime")
     with pytest.raises(ValueError, match="top_p must be in"):
         engine.generate([[1]], 2, temperature=1.0, top_p=1.5)
 

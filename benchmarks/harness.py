@@ -1,0 +1,309 @@
+"""`zoo bench`: a latency grid over backends, batch sizes, prompt and generation lengths, with a roofline
+bound per configuration, reference-system-time figures and, optionally, HF transformers as a peer on
+the same weights. Metrics are defined in benchmarks/metrics.py; the JSON report follows REPORT_SCHEMA.
+"""
+
+import itertools
+import json
+import os
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from benchmarks import machine, metrics
+from benchmarks.roofline import decode_step_cost
+from zoo.errors import ZooError
+
+PEERS = ("hf",)
+SUMMARY_METRICS = ("ttft_s", "tpot_s", "itl_p50_s", "itl_p90_s", "itl_p99_s", "e2e_s", "output_tokens_per_s")
+REFERENCE_METRICS = ("ttft_s", "tpot_s", "e2e_s")  # latencies also reported in reference-machine seconds
+
+
+@dataclass(frozen=True)
+class Grid:
+    backends: tuple[str, ...]
+    batches: tuple[int, ...]
+    prompt_lens: tuple[int, ...]
+    gen_lens: tuple[int, ...]
+    dtype: str = "float32"
+    warmup: int = 1
+    repeats: int = 3
+    seed: int = 0
+
+    def validate(self, context: int) -> None:
+        for name in ("backends", "batches", "prompt_lens", "gen_lens"):
+            if not getattr(self, name):
+                raise ZooError(f"empty grid: no {name.replace('_', ' ')} given")
+        for name in ("batches", "prompt_lens", "gen_lens"):
+            bad = [v for v in getattr(self, name) if v < 1]
+            if bad:
+                raise ZooError(f"{name.replace('_', ' ')} must be >= 1, got {bad}")
+        if self.repeats < 1 or self.warmup < 0:
+            raise ZooError(f"need repeats >= 1 and warmup >= 0, got {self.repeats} and {self.warmup}")
+        longest = max(self.prompt_lens) + max(self.gen_lens)
+        if longest > context:
+            raise ZooError(
+                f"prompt length {max(self.prompt_lens)} + generation length {max(self.gen_lens)} exceeds the "
+                f"model's context of {context}"
+            )
+
+    def points(self):
+        return list(itertools.product(self.batches, self.prompt_lens, self.gen_lens))
+
+
+@dataclass
+class Run:
+    """One measured request: timestamps relative to its start, and its memory."""
+
+    token_times_s: list[float]
+    state_bytes: int
+    peak_memory_bytes: int
+    peak_memory_delta_bytes: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class ZooRunner:
+    def __init__(self, model, backend: str):
+        from runtime import Engine
+
+        self.name = backend
+        self.engine = Engine.from_model(model, backend)
+
+    def warmup(self, prompts, gen_len):
+        self.engine.warmup(prompts, gen_len)
+
+    def __call__(self, prompts, gen_len):
+        result = self.engine.generate_with_stats(prompts, gen_len)
+        return result.start_time, result.token_times, result.state_bytes
+
+
+class TimestampStreamer:
+    """An HF streamer that records when each step's tokens arrive (the first put() is the prompt)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value):
+        import time
+
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+class HFRunner:
+    """HF transformers' generate, greedy, with its default dynamic cache; all prompts of one length."""
+
+    name = "hf"
+
+    def __init__(self, hf_model, config):
+        self.model, self.config = hf_model, config
+
+    def warmup(self, prompts, gen_len):
+        self(prompts, gen_len)
+
+    def __call__(self, prompts, gen_len):
+        import time
+
+        input_ids = torch.tensor(prompts, device=self.model.device)
+        streamer = TimestampStreamer()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            self.model.generate(
+                input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=gen_len,
+                min_new_tokens=gen_len, do_sample=False, streamer=streamer,
+            )
+        # HF's cache ends holding prompt + generated tokens (the last token is sampled, not cached)
+        cached = len(prompts) * (len(prompts[0]) + gen_len - 1)
+        return start, streamer.times[1:], cached * self.config.cache_bytes_per_token(self.model.dtype)
+
+
+def load_target(target: str, dtype: torch.dtype, seed: int, compare: str | None):
+    """(zoo model, HF peer model or None). With a peer, both hold the same weights: a named model gets
+    random HF weights that the zoo loads through its converter; an HF directory is loaded by both."""
+    from zoo.registry import from_pretrained, get_config, is_checkpoint_dir, load_model
+
+    if compare is None:
+        return load_model(target, dtype=dtype, seed=seed), None
+    if compare not in PEERS:
+        raise ZooError(f"unknown peer {compare!r}; known: {', '.join(PEERS)}")
+    from zoo.errors import require
+
+    transformers = require("transformers", "hf")
+    if is_checkpoint_dir(target):
+        if "zoo_family" in json.loads((Path(target) / "config.json").read_text()):
+            raise ZooError("--compare hf needs a model name or an HF-format checkpoint directory")
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(target, dtype=dtype).eval()
+        return from_pretrained(target, dtype=dtype), hf_model
+    hf_model = build_hf_twin(get_config(target), seed, transformers).to(dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_model.save_pretrained(tmp)
+        return from_pretrained(tmp, dtype=dtype), hf_model
+
+
+def build_hf_twin(config, seed: int, transformers):
+    from zoo.registry import family_of
+
+    converter = family_of(config).hf_converter
+    if converter is None:
+        raise ZooError(f"HF has no twin of the {config.family} family")
+    kwargs = converter.hf_config_from(config)
+    model_type = kwargs.pop("model_type")
+    hf_config = transformers.AutoConfig.for_model(model_type, **kwargs, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transformers.AutoModelForCausalLM.from_config(hf_config).eval()
+
+
+def measure(runner, prompts, gen_len, grid: Grid, device) -> list[Run]:
+    for _ in range(grid.warmup):
+        runner.warmup(prompts, gen_len)
+    runs = []
+    for _ in range(grid.repeats):
+        with machine.PeakMemory(device) as peak:
+            start, token_times, state_bytes = runner(prompts, gen_len)
+        run = Run([t - start for t in token_times], int(state_bytes), int(peak.peak_bytes), int(peak.peak_delta_bytes))
+        run.metrics = metrics.request_metrics(0.0, run.token_times_s, len(prompts))
+        runs.append(run)
+    return runs
+
+
+def summarise(runs: list[Run], config, batch, prompt_len, gen_len, dtype, machine_figures) -> dict:
+    summary = {name: statistics.median(r.metrics[name] for r in runs) for name in SUMMARY_METRICS}
+    summary["state_bytes"] = max(r.state_bytes for r in runs)
+    summary["peak_memory_bytes"] = max(r.peak_memory_bytes for r in runs)
+    summary["peak_memory_delta_bytes"] = max(r.peak_memory_delta_bytes for r in runs)
+    cost = decode_step_cost(config, batch, prompt_len + gen_len / 2, dtype)
+    bound = cost.lower_bound_s(machine_figures["read_bandwidth_bytes_per_s"], machine_figures["matmul_flops_per_s"])
+    summary["roofline_lower_bound_s"] = bound
+    summary["roofline_pct"] = 100 * bound / summary["tpot_s"]
+    summary["reference_s"] = {
+        name: machine.to_reference_seconds(summary[name], machine_figures["calibration_s"]) for name in REFERENCE_METRICS
+    }
+    return summary
+
+
+def run_bench(target: str, grid: Grid, compare: str | None = None, device="cpu", progress=None) -> dict:
+    """Run the grid and return the report (REPORT_SCHEMA). `progress(advance)` is called after each point."""
+    from runtime.engine import check_backend
+
+    for backend in grid.backends:
+        check_backend(backend)
+    dtype = getattr(torch, grid.dtype)
+    model, hf_model = load_target(target, dtype, grid.seed, compare)
+    config = model.config
+    grid.validate(config.max_seq_len)
+    machine_figures = {
+        "read_bandwidth_bytes_per_s": machine.measure_read_bandwidth(device),
+        "copy_bandwidth_bytes_per_s": machine.measure_bandwidth(device),
+        "matmul_flops_per_s": machine.measure_matmul_flops(device, dtype),
+        "calibration_s": machine.calibration_seconds(),
+        "reference_calibration_s": machine.REFERENCE_CALIBRATION_S,
+        "reference_machine": machine.REFERENCE_MACHINE,
+    }
+    runners = [ZooRunner(model, backend) for backend in grid.backends]
+    if hf_model is not None:
+        runners.append(HFRunner(hf_model, config))
+    generator = torch.Generator().manual_seed(grid.seed)
+    results = []
+    for batch, prompt_len, gen_len in grid.points():
+        prompts = torch.randint(0, config.vocab_size, (batch, prompt_len), generator=generator).tolist()
+        for runner in runners:
+            runs = measure(runner, prompts, gen_len, grid, device)
+            results.append({
+                "runner": runner.name, "batch": batch, "prompt_len": prompt_len, "gen_len": gen_len,
+                "summary": summarise(runs, config, batch, prompt_len, gen_len, dtype, machine_figures),
+                "runs": [{"token_times_s": r.token_times_s, "state_bytes": r.state_bytes,
+                          "peak_memory_bytes": r.peak_memory_bytes,
+                          "peak_memory_delta_bytes": r.peak_memory_delta_bytes, **r.metrics} for r in runs],
+            })
+            if progress:
+                progress(1)
+    return {
+        "schema_version": 1,
+        "target": target,
+        "grid": {"backends": list(grid.backends), "batches": list(grid.batches), "prompt_lens": list(grid.prompt_lens),
+                 "gen_lens": list(grid.gen_lens), "dtype": grid.dtype, "warmup": grid.warmup,
+                 "repeats": grid.repeats, "seed": grid.seed, "compare": compare},
+        "model": {"family": config.family, "params": config.num_params(), "config": config.to_dict()},
+        "environment": machine.environment(device),
+        "machine": machine_figures,
+        "results": results,
+        "comparisons": compare_to_peer(results, compare) if compare else [],
+    }
+
+
+def compare_to_peer(results: list[dict], peer: str) -> list[dict]:
+    """Every summary metric of every zoo runner divided by the peer's at the same grid point."""
+    key = lambda r: (r["batch"], r["prompt_len"], r["gen_len"])  # noqa: E731
+    peers = {key(r): r["summary"] for r in results if r["runner"] == peer}
+    comparisons = []
+    for r in results:
+        if r["runner"] == peer:
+            continue
+        theirs = peers[key(r)]
+        ratios = {m: r["summary"][m] / theirs[m] if theirs[m] else None
+                  for m in (*SUMMARY_METRICS, "peak_memory_delta_bytes", "state_bytes")}
+        comparisons.append({"runner": r["runner"], "peer": peer, "batch": r["batch"], "prompt_len": r["prompt_len"],
+                            "gen_len": r["gen_len"], "ratios": ratios})
+    return comparisons
+
+
+def write_json_atomically(report: dict, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def plot(report: dict, path: str | os.PathLike) -> Path:
+    """Left: TPOT against prompt (context) length, one line per runner and batch size. Right: TPOT of
+    every runner at every grid point, as grouped bars (the peer beside the zoo's backends)."""
+    from zoo.errors import require
+
+    matplotlib = require("matplotlib", "bench")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = report["results"]
+    runners = list(dict.fromkeys(r["runner"] for r in results))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for runner, batch, gen_len in sorted({(r["runner"], r["batch"], r["gen_len"]) for r in results}):
+        points = sorted((r["prompt_len"], r["summary"]["tpot_s"] * 1e3) for r in results
+                        if (r["runner"], r["batch"], r["gen_len"]) == (runner, batch, gen_len))
+        left.plot(*zip(*points), marker="o", label=f"{runner}, batch {batch}, gen {gen_len}")
+    left.set(xlabel="prompt length (tokens)", ylabel="TPOT (ms)", title="TPOT against context length")
+    left.legend(fontsize=7)
+    groups = sorted({(r["batch"], r["prompt_len"], r["gen_len"]) for r in results})
+    width = 0.8 / len(runners)
+    for i, runner in enumerate(runners):
+        values = {(r["batch"], r["prompt_len"], r["gen_len"]): r["summary"]["tpot_s"] * 1e3 for r in results if r["runner"] == runner}
+        right.bar([g + i * width for g in range(len(groups))], [values.get(g, 0) for g in groups], width, label=runner)
+    right.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
+    right.set_xticklabels([f"b{b} p{p} g{n}" for b, p, n in groups], rotation=30, fontsize=7)
+    right.set(ylabel="TPOT (ms)", title="TPOT by runner")
+    right.legend(fontsize=7)
+    fig.suptitle(f"zoo bench {report['target']} ({report['environment']['cpu']})")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path

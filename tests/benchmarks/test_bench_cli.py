@@ -1,0 +1,70 @@
+import json
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+import zoo
+from benchmarks.harness import Grid, run_bench
+from benchmarks.schema import REPORT_SCHEMA
+from zoo.cli import main
+from zoo.errors import MissingDependencyError, ZooError
+
+
+def test_small_grid_writes_valid_json_and_png(tmp_path):
+    import matplotlib.image
+
+    out_json, out_png = tmp_path / "report.json", tmp_path / "plot.png"
+    result = CliRunner().invoke(main, [
+        "bench", "llama-tiny", "--backend", "torch", "--batch", "1,2", "--prompt-len", "4,9", "--gen-len", "3",
+        "--warmup", "0", "--repeats", "2", "--compare", "hf", "--json", str(out_json), "--plot", str(out_png),
+    ], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out_json.read_text())
+    jsonschema.validate(report, REPORT_SCHEMA)
+    assert len(report["results"]) == 2 * 2 * 2  # 4 grid points, torch and the hf peer
+    assert len(report["comparisons"]) == 4
+    for r in report["results"]:
+        assert len(r["runs"]) == 2
+        for run in r["runs"]:
+            times = run["token_times_s"]
+            assert len(times) == 3 and times == sorted(times) and run["ttft_s"] == pytest.approx(times[0])
+        state_tokens = r["batch"] * (r["prompt_len"] + r["gen_len"] - (1 if r["runner"] == "hf" else 0))
+        assert r["summary"]["state_bytes"] == state_tokens * zoo.get_config("llama-tiny").cache_bytes_per_token(
+            __import__("torch").float32)
+        assert 0 < r["summary"]["roofline_pct"]
+    image = matplotlib.image.imread(out_png)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert "roofline %" in result.output and "ratios against hf" in result.output
+
+
+def test_schema_rejects_a_broken_report(tmp_path):
+    report = run_bench("gpt-tiny", Grid(("torch",), (1,), (3,), (2,), warmup=0, repeats=1))
+    jsonschema.validate(report, REPORT_SCHEMA)
+    del report["results"][0]["summary"]["tpot_s"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(report, REPORT_SCHEMA)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "tpu"], "unknown backend 'tpu'"),
+    (["--backend", "onnxruntime"], "runs exported artifacts"),
+    (["--batch", ""], "empty grid: no batches given"),
+    (["--prompt-len", "250", "--gen-len", "10"], "exceeds the model's context of 256"),
+    (["--batch", "1,x"], "not a comma-separated list of integers"),
+])
+def test_bad_arguments_are_clear_errors(args, message):
+    result = CliRunner().invoke(main, ["bench", "llama-tiny", *args])
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_missing_runtime_names_the_extra():
+    with pytest.raises(MissingDependencyError, match=r"pip install 'graph-zoo\[tensorrt\]'"):
+        run_bench("llama-tiny", Grid(("tensorrt",), (1,), (4,), (2,)))
+
+
+def test_compare_needs_hf_weights(tmp_path):
+    zoo.save_pretrained(zoo.build("llama-tiny"), tmp_path / "ckpt")
+    with pytest.raises(ZooError, match="--compare hf needs a model name or an HF-format checkpoint"):
+        run_bench(str(tmp_path / "ckpt"), Grid(("torch",), (1,), (4,), (2,)), compare="hf")
