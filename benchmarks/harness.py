@@ -1,6 +1,6 @@
 """`zoo bench`: a latency grid over backends, batch sizes, prompt and generation lengths, with a roofline
 bound per configuration, reference-system-time figures and, optionally, HF transformers as a peer on
-the same weights. Metrics are defined in benchmarks/metrics.py; the JSON report follows REPORT_SCHEMA.
+the same weights. Metrics are defined in runtime/metrics.py; the JSON report follows REPORT_SCHEMA.
 """
 
 import itertools
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import machine, metrics
+from benchmarks import machine
 from benchmarks.roofline import decode_step_cost
+from runtime import metrics
 from zoo.errors import ZooError
 
 PEERS = ("hf",)
@@ -114,8 +115,12 @@ class HFRunner:
         start = time.perf_counter()
         with torch.inference_mode():
             self.model.generate(
-                input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=gen_len,
-                min_new_tokens=gen_len, do_sample=False, streamer=streamer,
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=gen_len,
+                min_new_tokens=gen_len,
+                do_sample=False,
+                streamer=streamer,
             )
         # HF's cache ends holding prompt + generated tokens (the last token is sampled, not cached)
         cached = len(prompts) * (len(prompts[0]) + gen_len - 1)
@@ -153,7 +158,9 @@ def build_hf_twin(config, seed: int, transformers):
         raise ZooError(f"HF has no twin of the {config.family} family")
     kwargs = converter.hf_config_from(config)
     model_type = kwargs.pop("model_type")
-    hf_config = transformers.AutoConfig.for_model(model_type, **kwargs, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    hf_config = transformers.AutoConfig.for_model(
+        model_type, **kwargs, bos_token_id=None, eos_token_id=None, pad_token_id=None
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return transformers.AutoModelForCausalLM.from_config(hf_config).eval()
@@ -182,7 +189,8 @@ def summarise(runs: list[Run], config, batch, prompt_len, gen_len, dtype, machin
     summary["roofline_lower_bound_s"] = bound
     summary["roofline_pct"] = 100 * bound / summary["tpot_s"]
     summary["reference_s"] = {
-        name: machine.to_reference_seconds(summary[name], machine_figures["calibration_s"]) for name in REFERENCE_METRICS
+        name: machine.to_reference_seconds(summary[name], machine_figures["calibration_s"])
+        for name in REFERENCE_METRICS
     }
     return summary
 
@@ -214,21 +222,41 @@ def run_bench(target: str, grid: Grid, compare: str | None = None, device="cpu",
         prompts = torch.randint(0, config.vocab_size, (batch, prompt_len), generator=generator).tolist()
         for runner in runners:
             runs = measure(runner, prompts, gen_len, grid, device)
-            results.append({
-                "runner": runner.name, "batch": batch, "prompt_len": prompt_len, "gen_len": gen_len,
-                "summary": summarise(runs, config, batch, prompt_len, gen_len, dtype, machine_figures),
-                "runs": [{"token_times_s": r.token_times_s, "state_bytes": r.state_bytes,
-                          "peak_memory_bytes": r.peak_memory_bytes,
-                          "peak_memory_delta_bytes": r.peak_memory_delta_bytes, **r.metrics} for r in runs],
-            })
+            results.append(
+                {
+                    "runner": runner.name,
+                    "batch": batch,
+                    "prompt_len": prompt_len,
+                    "gen_len": gen_len,
+                    "summary": summarise(runs, config, batch, prompt_len, gen_len, dtype, machine_figures),
+                    "runs": [
+                        {
+                            "token_times_s": r.token_times_s,
+                            "state_bytes": r.state_bytes,
+                            "peak_memory_bytes": r.peak_memory_bytes,
+                            "peak_memory_delta_bytes": r.peak_memory_delta_bytes,
+                            **r.metrics,
+                        }
+                        for r in runs
+                    ],
+                }
+            )
             if progress:
                 progress(1)
     return {
         "schema_version": 1,
         "target": target,
-        "grid": {"backends": list(grid.backends), "batches": list(grid.batches), "prompt_lens": list(grid.prompt_lens),
-                 "gen_lens": list(grid.gen_lens), "dtype": grid.dtype, "warmup": grid.warmup,
-                 "repeats": grid.repeats, "seed": grid.seed, "compare": compare},
+        "grid": {
+            "backends": list(grid.backends),
+            "batches": list(grid.batches),
+            "prompt_lens": list(grid.prompt_lens),
+            "gen_lens": list(grid.gen_lens),
+            "dtype": grid.dtype,
+            "warmup": grid.warmup,
+            "repeats": grid.repeats,
+            "seed": grid.seed,
+            "compare": compare,
+        },
         "model": {"family": config.family, "params": config.num_params(), "config": config.to_dict()},
         "environment": machine.environment(device),
         "machine": machine_figures,
@@ -237,19 +265,35 @@ def run_bench(target: str, grid: Grid, compare: str | None = None, device="cpu",
     }
 
 
+MEMORY_RATIO_FLOOR_BYTES = 2**20  # a peer's request that raised RSS by less than this gives no memory ratio
+
+
 def compare_to_peer(results: list[dict], peer: str) -> list[dict]:
-    """Every summary metric of every zoo runner divided by the peer's at the same grid point."""
-    key = lambda r: (r["batch"], r["prompt_len"], r["gen_len"])  # noqa: E731
+    """Every summary metric of every zoo runner divided by the peer's at the same grid point (None where
+    the peer's figure is 0, or its RSS rise is below MEMORY_RATIO_FLOOR_BYTES and so page-level noise)."""
+
+    def key(r):
+        return r["batch"], r["prompt_len"], r["gen_len"]
+
     peers = {key(r): r["summary"] for r in results if r["runner"] == peer}
     comparisons = []
     for r in results:
         if r["runner"] == peer:
             continue
-        theirs = peers[key(r)]
-        ratios = {m: r["summary"][m] / theirs[m] if theirs[m] else None
-                  for m in (*SUMMARY_METRICS, "peak_memory_delta_bytes", "state_bytes")}
-        comparisons.append({"runner": r["runner"], "peer": peer, "batch": r["batch"], "prompt_len": r["prompt_len"],
-                            "gen_len": r["gen_len"], "ratios": ratios})
+        ours, theirs = r["summary"], peers[key(r)]
+        ratios = {m: ours[m] / theirs[m] if theirs[m] else None for m in (*SUMMARY_METRICS, "state_bytes")}
+        delta = "peak_memory_delta_bytes"
+        ratios[delta] = ours[delta] / theirs[delta] if theirs[delta] >= MEMORY_RATIO_FLOOR_BYTES else None
+        comparisons.append(
+            {
+                "runner": r["runner"],
+                "peer": peer,
+                "batch": r["batch"],
+                "prompt_len": r["prompt_len"],
+                "gen_len": r["gen_len"],
+                "ratios": ratios,
+            }
+        )
     return comparisons
 
 
@@ -280,15 +324,22 @@ def plot(report: dict, path: str | os.PathLike) -> Path:
     runners = list(dict.fromkeys(r["runner"] for r in results))
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for runner, batch, gen_len in sorted({(r["runner"], r["batch"], r["gen_len"]) for r in results}):
-        points = sorted((r["prompt_len"], r["summary"]["tpot_s"] * 1e3) for r in results
-                        if (r["runner"], r["batch"], r["gen_len"]) == (runner, batch, gen_len))
+        points = sorted(
+            (r["prompt_len"], r["summary"]["tpot_s"] * 1e3)
+            for r in results
+            if (r["runner"], r["batch"], r["gen_len"]) == (runner, batch, gen_len)
+        )
         left.plot(*zip(*points), marker="o", label=f"{runner}, batch {batch}, gen {gen_len}")
     left.set(xlabel="prompt length (tokens)", ylabel="TPOT (ms)", title="TPOT against context length")
     left.legend(fontsize=7)
     groups = sorted({(r["batch"], r["prompt_len"], r["gen_len"]) for r in results})
     width = 0.8 / len(runners)
     for i, runner in enumerate(runners):
-        values = {(r["batch"], r["prompt_len"], r["gen_len"]): r["summary"]["tpot_s"] * 1e3 for r in results if r["runner"] == runner}
+        values = {
+            (r["batch"], r["prompt_len"], r["gen_len"]): r["summary"]["tpot_s"] * 1e3
+            for r in results
+            if r["runner"] == runner
+        }
         right.bar([g + i * width for g in range(len(groups))], [values.get(g, 0) for g in groups], width, label=runner)
     right.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
     right.set_xticklabels([f"b{b} p{p} g{n}" for b, p, n in groups], rotation=30, fontsize=7)

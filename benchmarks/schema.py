@@ -28,8 +28,15 @@ _RUN = {
 
 _SUMMARY = {
     "type": "object",
-    "required": [*_METRICS, "state_bytes", "peak_memory_bytes", "peak_memory_delta_bytes",
-                 "roofline_lower_bound_s", "roofline_pct", "reference_s"],
+    "required": [
+        *_METRICS,
+        "state_bytes",
+        "peak_memory_bytes",
+        "peak_memory_delta_bytes",
+        "roofline_lower_bound_s",
+        "roofline_pct",
+        "reference_s",
+    ],
     "properties": {
         **_METRICS,
         "state_bytes": _COUNT,
@@ -37,8 +44,7 @@ _SUMMARY = {
         "peak_memory_delta_bytes": {"type": "integer"},
         "roofline_lower_bound_s": {"type": "number", "exclusiveMinimum": 0},
         "roofline_pct": {"type": "number", "exclusiveMinimum": 0},
-        "reference_s": {"type": "object", "required": ["ttft_s", "tpot_s", "e2e_s"],
-                        "additionalProperties": _SECONDS},
+        "reference_s": {"type": "object", "required": ["ttft_s", "tpot_s", "e2e_s"], "additionalProperties": _SECONDS},
     },
 }
 
@@ -52,7 +58,17 @@ REPORT_SCHEMA = {
         "target": {"type": "string"},
         "grid": {
             "type": "object",
-            "required": ["backends", "batches", "prompt_lens", "gen_lens", "dtype", "warmup", "repeats", "seed", "compare"],
+            "required": [
+                "backends",
+                "batches",
+                "prompt_lens",
+                "gen_lens",
+                "dtype",
+                "warmup",
+                "repeats",
+                "seed",
+                "compare",
+            ],
             "properties": {
                 "backends": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                 "batches": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
@@ -65,13 +81,22 @@ REPORT_SCHEMA = {
                 "compare": {"type": ["string", "null"]},
             },
         },
-        "model": {"type": "object", "required": ["family", "params", "config"],
-                  "properties": {"family": {"type": "string"}, "params": _COUNT, "config": {"type": "object"}}},
+        "model": {
+            "type": "object",
+            "required": ["family", "params", "config"],
+            "properties": {"family": {"type": "string"}, "params": _COUNT, "config": {"type": "object"}},
+        },
         "environment": {"type": "object", "required": ["cpu", "cpu_count", "python", "torch", "gpu"]},
         "machine": {
             "type": "object",
-            "required": ["read_bandwidth_bytes_per_s", "copy_bandwidth_bytes_per_s", "matmul_flops_per_s",
-                         "calibration_s", "reference_calibration_s", "reference_machine"],
+            "required": [
+                "read_bandwidth_bytes_per_s",
+                "copy_bandwidth_bytes_per_s",
+                "matmul_flops_per_s",
+                "calibration_s",
+                "reference_calibration_s",
+                "reference_machine",
+            ],
             "properties": {
                 "read_bandwidth_bytes_per_s": {"type": "number", "exclusiveMinimum": 0},
                 "copy_bandwidth_bytes_per_s": {"type": "number", "exclusiveMinimum": 0},

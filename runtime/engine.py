@@ -8,16 +8,14 @@ Backends:
   CACHE_BUCKET so that requests of similar size reuse one compiled graph.
 """
 
-import logging
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+from runtime import metrics
 from runtime.sampling import select_next_tokens, validate_sampling
 from zoo.errors import ContextLengthError, ZooError
-
-log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "compiled")
 # Backends named by the design that run exported artifacts; each says why it cannot run yet.
@@ -55,13 +53,12 @@ class GenerationResult:
 
     @property
     def ttft_s(self) -> float:
-        return self.token_times[0] - self.start_time
+        return metrics.ttft(self.start_time, self.token_times)
 
     @property
-    def tpot_s(self) -> float | None:
-        """Mean time per output token after the first (None when only one token was generated)."""
-        n = len(self.token_times)
-        return (self.token_times[-1] - self.token_times[0]) / (n - 1) if n > 1 else None
+    def tpot_s(self) -> float:
+        """NaN when only one token was generated (see runtime/metrics.py)."""
+        return metrics.tpot(self.token_times)
 
 
 def check_backend(name: str) -> None:
@@ -207,7 +204,9 @@ class Engine:
         if cache_length is None:
             cache_length = self.cache_length(longest, max_new_tokens)
         elif not longest + max_new_tokens <= cache_length <= self.config.max_seq_len:
-            raise ZooError(f"cache_length={cache_length} must be in [{longest + max_new_tokens}, {self.config.max_seq_len}]")
+            raise ZooError(
+                f"cache_length={cache_length} must be in [{longest + max_new_tokens}, {self.config.max_seq_len}]"
+            )
         state = self.model.init_state(batch, cache_length)
 
         result = GenerationResult(

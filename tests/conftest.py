@@ -1,7 +1,7 @@
 """Shared fixtures: tiny HF twins of zoo configs, written as real checkpoint directories."""
 
-import torch
 import pytest
+import torch
 
 from zoo.models.gpt import convert as gpt_convert
 from zoo.models.llama import convert as llama_convert

@@ -54,8 +54,11 @@ def test_generate_json_batch_matches_engine(run):
     import zoo
     from runtime import Engine
 
-    out = json.loads(run("generate", "llama-tiny", "--prompt-ids", "1,2,3", "--prompt-ids", "9",
-                         "--max-new-tokens", 6, "--json").output)
+    out = json.loads(
+        run(
+            "generate", "llama-tiny", "--prompt-ids", "1,2,3", "--prompt-ids", "9", "--max-new-tokens", 6, "--json"
+        ).output
+    )
     assert out["tokens"] == Engine.from_model(zoo.build("llama-tiny")).generate([[1, 2, 3], [9]], 6)
     assert out["ttft_s"] > 0 and out["tpot_s"] > 0
 
@@ -79,7 +82,9 @@ def test_generate_with_text_prompt(run, tmp_path):
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     zoo.save_pretrained(zoo.build("llama-tiny"), tmp_path / "ckpt")
     tokenizer.save(str(tmp_path / "ckpt" / "tokenizer.json"))
-    out = json.loads(run("generate", tmp_path / "ckpt", "--prompt", "the cat sat", "--max-new-tokens", 5, "--json").output)
+    out = json.loads(
+        run("generate", tmp_path / "ckpt", "--prompt", "the cat sat", "--max-new-tokens", 5, "--json").output
+    )
     assert out["prompts"] == [[1, 2, 3]]
     assert out["text"] == [tokenizer.decode(out["tokens"][0])]
     assert len(out["text"][0].split()) == 5

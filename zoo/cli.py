@@ -1,6 +1,7 @@
 """The `zoo` command line. Each command is a thin wrapper over a library function."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -8,7 +9,14 @@ import click
 
 from zoo.errors import ZooError
 
-DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
 
 
 def human_count(n: int) -> str:
@@ -135,9 +143,16 @@ def load_tokenizer(path: str):
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed and random-weight seed.")
 @click.option("--eos-id", type=int, multiple=True, help="Stop a prompt after this token id; repeatable.")
 @click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "compiled"]))
-@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default=None, help="Default: the checkpoint's dtype (float32 for names).")
+@click.option(
+    "--dtype",
+    type=click.Choice(sorted(DTYPES)),
+    default=None,
+    help="Default: the checkpoint's dtype (float32 for names).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object with the tokens and timings.")
-def generate_command(model, prompt_ids, prompt_texts, max_new_tokens, temperature, top_k, top_p, seed, eos_id, backend, dtype, as_json):
+def generate_command(
+    model, prompt_ids, prompt_texts, max_new_tokens, temperature, top_k, top_p, seed, eos_id, backend, dtype, as_json
+):
     """Generate from MODEL, a registered name (seeded random weights) or a checkpoint directory."""
     from runtime import Engine
 
@@ -149,20 +164,32 @@ def generate_command(model, prompt_ids, prompt_texts, max_new_tokens, temperatur
     if backend == "compiled":
         click.echo(f"compiled the decode step in {engine.warmup(prompts, max_new_tokens):.1f} s", err=True)
     result = engine.generate_with_stats(
-        prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+        prompts,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
         eos_token_id=list(eos_id) or None,
     )
     texts = [tokenizer.decode(t) for t in result.tokens] if tokenizer else None
     if as_json:
-        out = {"model": model, "backend": backend, "prompts": prompts, "tokens": result.tokens,
-               "ttft_s": result.ttft_s, "tpot_s": result.tpot_s}
+        tpot = None if math.isnan(result.tpot_s) else result.tpot_s  # JSON has no NaN
+        out = {
+            "model": model,
+            "backend": backend,
+            "prompts": prompts,
+            "tokens": result.tokens,
+            "ttft_s": result.ttft_s,
+            "tpot_s": tpot,
+        }
         if texts is not None:
             out["text"] = texts
         click.echo(json.dumps(out))
         return
     for i, tokens in enumerate(result.tokens):
         click.echo(f"[{i}] {texts[i] if texts else ','.join(map(str, tokens))}")
-    tpot = f", TPOT {result.tpot_s * 1e3:.2f} ms" if result.tpot_s is not None else ""
+    tpot = "" if math.isnan(result.tpot_s) else f", TPOT {result.tpot_s * 1e3:.2f} ms"
     click.echo(f"TTFT {result.ttft_s * 1e3:.2f} ms{tpot}", err=True)
 
 
@@ -179,19 +206,38 @@ def name_list(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
 
 @main.command("bench")
 @click.argument("target")
-@click.option("--backend", "backends", multiple=True, default=("torch",), show_default=True, callback=name_list,
-              help="Comma-separated or repeated: torch, compiled (onnxruntime, tensorrt: once artifacts exist).")
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    default=("torch",),
+    show_default=True,
+    callback=name_list,
+    help="Comma-separated or repeated: torch, compiled (onnxruntime, tensorrt: once artifacts exist).",
+)
 @click.option("--batch", default="1", show_default=True, callback=int_list, help="Comma-separated batch sizes.")
-@click.option("--prompt-len", default="128", show_default=True, callback=int_list, help="Comma-separated prompt lengths.")
-@click.option("--gen-len", default="128", show_default=True, callback=int_list, help="Comma-separated numbers of new tokens.")
+@click.option(
+    "--prompt-len", default="128", show_default=True, callback=int_list, help="Comma-separated prompt lengths."
+)
+@click.option(
+    "--gen-len", default="128", show_default=True, callback=int_list, help="Comma-separated numbers of new tokens."
+)
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0), help="Unmeasured runs per point.")
-@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Measured runs per point (medians).")
+@click.option(
+    "--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Measured runs per point (medians)."
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Prompts and random weights.")
-@click.option("--compare", type=click.Choice(["hf"]), default=None, help="Run a peer on the same weights and print ratios.")
+@click.option(
+    "--compare", type=click.Choice(["hf"]), default=None, help="Run a peer on the same weights and print ratios."
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report here.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG of TPOT curves and bars.")
-def bench_command(target, backends, batch, prompt_len, gen_len, dtype, warmup, repeats, seed, compare, json_path, plot_path):
+@click.option(
+    "--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG of TPOT curves and bars."
+)
+def bench_command(
+    target, backends, batch, prompt_len, gen_len, dtype, warmup, repeats, seed, compare, json_path, plot_path
+):
     """Latency grid for TARGET (a model name or checkpoint directory): TTFT, TPOT, ITL percentiles,
     end-to-end latency, tokens/s, peak memory, cache bytes, a roofline bound and reference-machine times."""
     from rich.console import Console
@@ -219,37 +265,89 @@ def print_bench_tables(report: dict) -> None:
     from rich.table import Table
 
     m = report["machine"]
-    table = Table(title=f"zoo bench {report['target']} ({report['model']['family']}, {human_count(report['model']['params'])} "
-                        f"params, {report['grid']['dtype']}); read {m['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, "
-                        f"matmul {m['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s, calibration {m['calibration_s'] * 1e3:.0f} ms "
-                        f"(reference {m['reference_calibration_s'] * 1e3:.0f} ms)")
-    headers = ["runner", "batch", "prompt", "gen", "TTFT ms", "TPOT ms", "ITL p50/p90/p99 ms", "e2e ms", "tok/s",
-               "peak MiB (+req)", "state MiB", "bound ms", "roofline %", "TPOT ref ms"]
+    table = Table(
+        title=f"zoo bench {report['target']} ({report['model']['family']}, {human_count(report['model']['params'])} "
+        f"params, {report['grid']['dtype']}); read {m['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, "
+        f"matmul {m['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s, calibration {m['calibration_s'] * 1e3:.0f} ms "
+        f"(reference {m['reference_calibration_s'] * 1e3:.0f} ms)"
+    )
+    headers = [
+        "runner",
+        "batch",
+        "prompt",
+        "gen",
+        "TTFT ms",
+        "TPOT ms",
+        "ITL p50/p90/p99 ms",
+        "e2e ms",
+        "tok/s",
+        "peak MiB (+req)",
+        "state MiB",
+        "bound ms",
+        "roofline %",
+        "TPOT ref ms",
+    ]
     for h in headers:
         table.add_column(h, justify="left" if h == "runner" else "right")
     for r in report["results"]:
         s = r["summary"]
         table.add_row(
-            r["runner"], str(r["batch"]), str(r["prompt_len"]), str(r["gen_len"]),
-            f"{s['ttft_s'] * 1e3:.1f}", f"{s['tpot_s'] * 1e3:.2f}",
+            r["runner"],
+            str(r["batch"]),
+            str(r["prompt_len"]),
+            str(r["gen_len"]),
+            f"{s['ttft_s'] * 1e3:.1f}",
+            f"{s['tpot_s'] * 1e3:.2f}",
             f"{s['itl_p50_s'] * 1e3:.2f}/{s['itl_p90_s'] * 1e3:.2f}/{s['itl_p99_s'] * 1e3:.2f}",
-            f"{s['e2e_s'] * 1e3:.1f}", f"{s['output_tokens_per_s']:.0f}",
+            f"{s['e2e_s'] * 1e3:.1f}",
+            f"{s['output_tokens_per_s']:.0f}",
             f"{s['peak_memory_bytes'] / 2**20:.0f} (+{s['peak_memory_delta_bytes'] / 2**20:.1f})",
-            f"{s['state_bytes'] / 2**20:.2f}", f"{s['roofline_lower_bound_s'] * 1e3:.2f}",
-            f"{s['roofline_pct']:.0f}", f"{s['reference_s']['tpot_s'] * 1e3:.2f}",
+            f"{s['state_bytes'] / 2**20:.2f}",
+            f"{s['roofline_lower_bound_s'] * 1e3:.2f}",
+            f"{s['roofline_pct']:.0f}",
+            f"{s['reference_s']['tpot_s'] * 1e3:.2f}",
         )
     console = Console(width=220)
     console.print(table)
     if report["comparisons"]:
-        ratios = Table(title=f"ratios against {report['comparisons'][0]['peer']} (below 1: the zoo is faster / smaller; tok/s: above 1 is faster)")
-        for h in ["runner", "batch", "prompt", "gen", "TTFT", "TPOT", "ITL p50", "ITL p90", "ITL p99", "e2e", "tok/s", "req mem", "state"]:
+        peer = report["comparisons"][0]["peer"]
+        ratios = Table(title=f"ratios against {peer} (below 1: the zoo is faster / smaller; tok/s: above 1 is faster)")
+        for h in [
+            "runner",
+            "batch",
+            "prompt",
+            "gen",
+            "TTFT",
+            "TPOT",
+            "ITL p50",
+            "ITL p90",
+            "ITL p99",
+            "e2e",
+            "tok/s",
+            "req mem",
+            "state",
+        ]:
             ratios.add_column(h, justify="left" if h == "runner" else "right")
-        keys = ["ttft_s", "tpot_s", "itl_p50_s", "itl_p90_s", "itl_p99_s", "e2e_s", "output_tokens_per_s",
-                "peak_memory_delta_bytes", "state_bytes"]
+        keys = [
+            "ttft_s",
+            "tpot_s",
+            "itl_p50_s",
+            "itl_p90_s",
+            "itl_p99_s",
+            "e2e_s",
+            "output_tokens_per_s",
+            "peak_memory_delta_bytes",
+            "state_bytes",
+        ]
         for c in report["comparisons"]:
             values = [c["ratios"][k] for k in keys]
-            ratios.add_row(c["runner"], str(c["batch"]), str(c["prompt_len"]), str(c["gen_len"]),
-                           *("n/a" if v is None else f"{v:.2f}x" for v in values))
+            ratios.add_row(
+                c["runner"],
+                str(c["batch"]),
+                str(c["prompt_len"]),
+                str(c["gen_len"]),
+                *("n/a" if v is None else f"{v:.2f}x" for v in values),
+            )
         console.print(ratios)
 
 

@@ -15,10 +15,32 @@ def test_small_grid_writes_valid_json_and_png(tmp_path):
     import matplotlib.image
 
     out_json, out_png = tmp_path / "report.json", tmp_path / "plot.png"
-    result = CliRunner().invoke(main, [
-        "bench", "llama-tiny", "--backend", "torch", "--batch", "1,2", "--prompt-len", "4,9", "--gen-len", "3",
-        "--warmup", "0", "--repeats", "2", "--compare", "hf", "--json", str(out_json), "--plot", str(out_png),
-    ], catch_exceptions=False)
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "llama-tiny",
+            "--backend",
+            "torch",
+            "--batch",
+            "1,2",
+            "--prompt-len",
+            "4,9",
+            "--gen-len",
+            "3",
+            "--warmup",
+            "0",
+            "--repeats",
+            "2",
+            "--compare",
+            "hf",
+            "--json",
+            str(out_json),
+            "--plot",
+            str(out_png),
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out_json.read_text())
     jsonschema.validate(report, REPORT_SCHEMA)
@@ -31,7 +53,8 @@ def test_small_grid_writes_valid_json_and_png(tmp_path):
             assert len(times) == 3 and times == sorted(times) and run["ttft_s"] == pytest.approx(times[0])
         state_tokens = r["batch"] * (r["prompt_len"] + r["gen_len"] - (1 if r["runner"] == "hf" else 0))
         assert r["summary"]["state_bytes"] == state_tokens * zoo.get_config("llama-tiny").cache_bytes_per_token(
-            __import__("torch").float32)
+            __import__("torch").float32
+        )
         assert 0 < r["summary"]["roofline_pct"]
     image = matplotlib.image.imread(out_png)
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
@@ -46,13 +69,16 @@ def test_schema_rejects_a_broken_report(tmp_path):
         jsonschema.validate(report, REPORT_SCHEMA)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--backend", "tpu"], "unknown backend 'tpu'"),
-    (["--backend", "onnxruntime"], "runs exported artifacts"),
-    (["--batch", ""], "empty grid: no batches given"),
-    (["--prompt-len", "250", "--gen-len", "10"], "exceeds the model's context of 256"),
-    (["--batch", "1,x"], "not a comma-separated list of integers"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backend", "tpu"], "unknown backend 'tpu'"),
+        (["--backend", "onnxruntime"], "runs exported artifacts"),
+        (["--batch", ""], "empty grid: no batches given"),
+        (["--prompt-len", "250", "--gen-len", "10"], "exceeds the model's context of 256"),
+        (["--batch", "1,x"], "not a comma-separated list of integers"),
+    ],
+)
 def test_bad_arguments_are_clear_errors(args, message):
     result = CliRunner().invoke(main, ["bench", "llama-tiny", *args])
     assert result.exit_code != 0

@@ -6,10 +6,10 @@ import torch
 import zoo
 from runtime import Engine
 from tests.conftest import informative_weights
-from zoo.registry import build_from_config
 from zoo.errors import ContextLengthError, MissingDependencyError, ZooError
 from zoo.models.gpt import GPTConfig
 from zoo.models.llama import LlamaConfig
+from zoo.registry import build_from_config
 
 LLAMA = LlamaConfig(vocab_size=101, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96, max_seq_len=128)
 GPT = GPTConfig(vocab_size=101, d_model=48, n_layers=2, n_heads=4, d_ff=96, max_seq_len=64)
@@ -66,9 +66,12 @@ def test_greedy_generation_matches_hf_generate(hf_checkpoint, config):
     ours = engine.generate(prompts, new_tokens)
     for prompt, tokens in zip(prompts, ours):
         expected = hf_model.generate(
-            torch.tensor([prompt]), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+            torch.tensor([prompt]),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
             attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-        )[0, len(prompt):].tolist()
+        )[0, len(prompt) :].tolist()
         assert tokens == expected
 
 

@@ -83,7 +83,10 @@ class SelfAttention(nn.Module):
         return self.output(causal_attention(q, k, v, self.scale))
 
     def decode(self, x: torch.Tensor, positions: torch.Tensor, rope: Rope | None, kv: KVPair) -> torch.Tensor:
-        """One new token per row. x: (B, 1, d); positions: (B,). Writes slot positions[b], attends to 0..positions[b]."""
+        """One new token per row. x: (B, 1, d); positions: (B,).
+
+        Writes slot positions[b] of row b, then attends to slots 0..positions[b].
+        """
         q, k, v = self.project(x, rope)
         rows = torch.arange(x.shape[0], device=x.device)
         k_cache, v_cache = kv

@@ -5,7 +5,10 @@ export:
 - `forward(input_ids)` -> logits (B, L, V): the full causal forward, the oracle of every cached path;
 - `prefill(input_ids, lengths, state)` -> (logits at each row's last prompt token (B, V), state);
 - `decode_step(tokens, positions, state)` -> (logits (B, V), state): one token per row at its own position.
-`state` is a dict of tensors made by `init_state`; here {"k", "v"}, each (layers, B, Hkv, T, D).
+`state` is a dict of tensors made by `init_state`; here {"k0", "v0", "k1", "v1", ...}, one (B, Hkv, T, D)
+pair per layer. Separate tensors, not one stacked (layers, ...) tensor: a compiled step that writes into
+views of one stacked input copies the whole cache once per layer (measured: 153 ms against 27 ms eager,
+llama-small, batch 8, 1152 slots), while writes into whole inputs are done in place.
 """
 
 from dataclasses import asdict, dataclass, fields
@@ -160,9 +163,9 @@ class DecoderLM(nn.Module):
     def init_state(self, batch: int, max_len: int, dtype=None, device=None) -> dict[str, torch.Tensor]:
         c = self.config
         param = next(self.parameters())
-        shape = (c.n_layers, batch, c.n_kv_heads, max_len, c.head_dim)
+        shape = (batch, c.n_kv_heads, max_len, c.head_dim)
         dtype, device = dtype or param.dtype, device or param.device
-        return {"k": torch.zeros(shape, dtype=dtype, device=device), "v": torch.zeros(shape, dtype=dtype, device=device)}
+        return {f"{kind}{i}": torch.zeros(shape, dtype=dtype, device=device) for i in range(c.n_layers) for kind in "kv"}
 
     def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, state: dict[str, torch.Tensor]):
         """input_ids: (B, L) right-padded; lengths: (B,) real prompt lengths. Returns logits at lengths-1."""
@@ -171,7 +174,7 @@ class DecoderLM(nn.Module):
         x = self.embed_tokens(input_ids, positions)
         rope = self.rope(positions, x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, (state["k"][i], state["v"][i]))
+            x = layer(x, rope, (state[f"k{i}"], state[f"v{i}"]))
         last = x[torch.arange(B, device=x.device), lengths - 1]
         return self.logits(last), state
 
@@ -180,5 +183,5 @@ class DecoderLM(nn.Module):
         x = self.embed_tokens(tokens[:, None], positions[:, None])
         rope = self.rope(positions[:, None], x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer.decode(x, positions, rope, (state["k"][i], state["v"][i]))
+            x = layer.decode(x, positions, rope, (state[f"k{i}"], state[f"v{i}"]))
         return self.logits(x[:, 0]), state

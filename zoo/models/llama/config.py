@@ -27,21 +27,36 @@ SIZES = {
     ),
     # CPU benchmarks: about 40M parameters
     "llama-small": LlamaConfig(
-        vocab_size=32000, d_model=512, n_layers=8, n_heads=8, n_kv_heads=4, d_ff=1408, max_seq_len=2048,
+        vocab_size=32000,
+        d_model=512,
+        n_layers=8,
+        n_heads=8,
+        n_kv_heads=4,
+        d_ff=1408,
+        max_seq_len=2048,
         tie_embeddings=True,
     ),
-    "llama2-7b": LlamaConfig(
-        vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, d_ff=11008, max_seq_len=4096
-    ),
-    "llama2-13b": LlamaConfig(
-        vocab_size=32000, d_model=5120, n_layers=40, n_heads=40, d_ff=13824, max_seq_len=4096
-    ),
+    "llama2-7b": LlamaConfig(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, d_ff=11008, max_seq_len=4096),
+    "llama2-13b": LlamaConfig(vocab_size=32000, d_model=5120, n_layers=40, n_heads=40, d_ff=13824, max_seq_len=4096),
     "llama3-8b": LlamaConfig(
-        vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
-        max_seq_len=8192, rope_theta=500000.0,
+        vocab_size=128256,
+        d_model=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        d_ff=14336,
+        max_seq_len=8192,
+        rope_theta=500000.0,
     ),
     "llama3.1-8b": LlamaConfig(
-        vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
-        max_seq_len=131072, rope_theta=500000.0, rope_scaling=LLAMA3_1_SCALING,
+        vocab_size=128256,
+        d_model=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        d_ff=14336,
+        max_seq_len=131072,
+        rope_theta=500000.0,
+        rope_scaling=LLAMA3_1_SCALING,
     ),
 }

@@ -1,4 +1,5 @@
-"""Latency metrics of one generation request, defined once here (README "Metrics" repeats these).
+"""Latency metrics of one generation request, defined once here for the engine and `zoo bench` (the
+README's "zoo bench" section repeats the definitions).
 
 Inputs are times in seconds from one clock: `start` (the request is submitted: before tokenised prompts
 enter prefill) and `token_times[i]` (the moment the i-th new token of every row is available on the
