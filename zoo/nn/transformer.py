@@ -165,7 +165,9 @@ class DecoderLM(nn.Module):
         param = next(self.parameters())
         shape = (batch, c.n_kv_heads, max_len, c.head_dim)
         dtype, device = dtype or param.dtype, device or param.device
-        return {f"{kind}{i}": torch.zeros(shape, dtype=dtype, device=device) for i in range(c.n_layers) for kind in "kv"}
+        return {
+            f"{kind}{i}": torch.zeros(shape, dtype=dtype, device=device) for i in range(c.n_layers) for kind in "kv"
+        }
 
     def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, state: dict[str, torch.Tensor]):
         """input_ids: (B, L) right-padded; lengths: (B,) real prompt lengths. Returns logits at lengths-1."""
