@@ -153,7 +153,7 @@ def load_target(target: str, dtype: torch.dtype, seed: int, compare: str | None)
 def build_hf_twin(config, seed: int, transformers):
     from zoo.registry import family_of
 
-    converter = family_of(config).hf_converter
+    converter = family_of(config).hf_twin_converter
     if converter is None:
         raise ZooError(f"HF has no twin of the {config.family} family")
     kwargs = converter.hf_config_from(config)

@@ -3,7 +3,7 @@ multiply-add done once, at this machine's measured bandwidth and matmul throughp
 
 from dataclasses import dataclass
 
-from zoo.nn.transformer import DTYPE_BYTES
+from zoo.config import DTYPE_BYTES
 
 
 @dataclass(frozen=True)
@@ -18,21 +18,18 @@ class DecodeStepCost:
 def decode_step_cost(config, batch: int, context: float, dtype) -> DecodeStepCost:
     """Cost of one step that extends `batch` rows sitting at `context` cached tokens on average.
 
-    bytes: the weights a step streams (streamed_params, each read once whatever the batch) + the cache
-    the rows attend to (batch * context * cache bytes per token). flops: 2 per streamed weight per row +
-    attention (q.k and p.v: 4 * context * heads * head_dim per layer per row).
+    bytes: the weights a step streams (streamed_params, each read once whatever the batch) + the decode
+    state the rows read (config.state_bytes: KV caches grow with context, recurrent states do not).
+    flops: 2 per streamed weight per row + the mixers' own work (config.mixer_flops_per_token).
     """
     params = streamed_params(config)
-    cache_bytes = batch * context * config.cache_bytes_per_token(dtype)
-    attention_flops = 4 * context * config.n_heads * config.head_dim * config.n_layers
-    flops = batch * (2 * params + attention_flops)
-    return DecodeStepCost(bytes_read=params * DTYPE_BYTES[dtype] + cache_bytes, flops=flops)
+    flops = batch * (2 * params + config.mixer_flops_per_token(context))
+    return DecodeStepCost(
+        bytes_read=params * DTYPE_BYTES[dtype] + config.state_bytes(batch, context, dtype), flops=flops
+    )
 
 
 def streamed_params(config) -> int:
     """Parameters a decode step reads in full: all but lookup tables (an untied input embedding and
     learned positions are indexed, one row per token; a tied embedding is read whole as the LM head)."""
-    lookups = 0 if config.tie_embeddings else config.vocab_size * config.d_model
-    if config.position == "learned":
-        lookups += config.max_seq_len * config.d_model
-    return config.num_params() - lookups
+    return config.num_params() - config.lookup_params()

@@ -3,23 +3,23 @@
 import pytest
 import torch
 
-from zoo.models.gpt import convert as gpt_convert
-from zoo.models.llama import convert as llama_convert
+from zoo.registry import family_of
 
-CONVERTERS = {"llama": llama_convert, "gpt": gpt_convert}
+HF_CLASSES = {  # model_type -> (config class, model class) names in transformers
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
+    "mamba2": ("Mamba2Config", "Mamba2ForCausalLM"),
+    "nemotron_h": ("NemotronHConfig", "NemotronHForCausalLM"),
+}
 
 
 def make_hf_model(config, seed: int = 0):
-    """The HF model (LlamaForCausalLM / GPT2LMHeadModel) of a zoo config, with weights large enough that
-    logits are O(1) and differ between tokens (HF's 0.02 init makes every logit nearly 0)."""
+    """The HF twin of a zoo config (HF_CLASSES), with weights large enough that logits are O(1) and
+    differ between tokens (HF's 0.02 init makes every logit nearly 0)."""
     import transformers
 
-    hf_kwargs = CONVERTERS[config.family].hf_config_from(config)
-    model_type = hf_kwargs.pop("model_type")
-    config_cls, model_cls = {
-        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-        "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel),
-    }[model_type]
+    hf_kwargs = family_of(config).hf_twin_converter.hf_config_from(config)
+    config_cls, model_cls = (getattr(transformers, name) for name in HF_CLASSES[hf_kwargs.pop("model_type")])
     hf_config = config_cls(**hf_kwargs, bos_token_id=None, eos_token_id=None, pad_token_id=None)
     model = model_cls(hf_config).eval()
     return informative_weights(model, seed)

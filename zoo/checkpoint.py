@@ -76,6 +76,19 @@ def rename_keys(
     return renamed, unexpected
 
 
+def convert_with_rules(
+    tensors: dict[str, torch.Tensor], rules, tied: bool, format_name: str, ignore: tuple[str, ...] = ()
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A converter's renaming: drop a tied model's lm_head copy, rename by `rules`; returns (renamed,
+    keys no rule maps), or fails when nothing matched (the directory holds another format)."""
+    if tied:
+        tensors = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
+    renamed, unexpected = rename_keys(tensors, rules, ignore)
+    if not renamed:
+        raise CheckpointError(f"no tensor of the {format_name} layout found (saw: {', '.join(sorted(tensors)[:5])})")
+    return renamed, unexpected
+
+
 def load_state_dict_strict(
     model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str, unexpected: list[str] = ()
 ) -> None:

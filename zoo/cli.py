@@ -79,7 +79,8 @@ def list_command(as_json: bool):
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info_command(name: str, as_json: bool):
-    """Describe a model NAME (or checkpoint directory): parameters, layers, cache bytes per token."""
+    """Describe a model NAME (or checkpoint directory): parameters, layers, cache bytes per token (attention
+    KV caches) and state bytes per sequence (recurrent states, whatever the length)."""
     import torch
 
     from zoo.registry import get_config, is_checkpoint_dir, load_config
@@ -91,13 +92,12 @@ def info_command(name: str, as_json: bool):
         "params": config.num_params(),
         "layers": config.n_layers,
         "d_model": config.d_model,
-        "heads": config.n_heads,
-        "kv_heads": config.n_kv_heads,
-        "head_dim": config.head_dim,
         "context": config.max_seq_len,
         "vocab": config.vocab_size,
         "cache_bytes_per_token_fp16": config.cache_bytes_per_token(torch.float16),
         "cache_bytes_per_token_fp32": config.cache_bytes_per_token(torch.float32),
+        "state_bytes_per_sequence_fp16": config.state_bytes_per_sequence(torch.float16),
+        "state_bytes_per_sequence_fp32": config.state_bytes_per_sequence(torch.float32),
         "config": config.to_dict(),
     }
     if as_json:
@@ -108,9 +108,9 @@ def info_command(name: str, as_json: bool):
             continue
         if key == "params":
             value = f"{value:,} ({human_count(value)})"
-        elif key.startswith("cache_bytes"):
+        elif key.startswith(("cache_bytes", "state_bytes")):
             value = f"{value:,} ({human_bytes(value)})"
-        click.echo(f"{key:28s} {value}")
+        click.echo(f"{key:30s} {value}")
 
 
 def parse_prompt_ids(values: tuple[str, ...]) -> list[list[int]]:

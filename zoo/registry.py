@@ -14,16 +14,29 @@ from zoo.models.gpt import config as gpt_config
 from zoo.models.gpt import convert as gpt_convert
 from zoo.models.llama import config as llama_config
 from zoo.models.llama import convert as llama_convert
-from zoo.nn.transformer import DecoderConfig, DecoderLM
+from zoo.models.mamba2 import config as mamba2_config
+from zoo.models.mamba2 import convert_hf as mamba2_convert
+from zoo.models.mamba2 import convert_mamba_ssm as mamba_ssm_convert
+from zoo.models.mamba2 import convert_nemotron_h as nemotron_h_convert
+from zoo.models.mamba2.model import Mamba2LM
+from zoo.config import ModelConfig
+from zoo.nn.transformer import DecoderLM
 
 
 @dataclass(frozen=True)
 class Family:
     name: str
-    config_cls: type[DecoderConfig]
+    config_cls: type[ModelConfig]
     model_cls: type[torch.nn.Module]
-    sizes: dict[str, DecoderConfig]
-    hf_converter: ModuleType | None = None  # HF_MODEL_TYPES, config_from_hf, state_dict_from_hf, hf_config_from
+    sizes: dict[str, ModelConfig]
+    # checkpoint formats the family imports; each module has FORMAT (a description), accepts(raw_config),
+    # config_from_hf(raw_config), state_dict_from_hf(tensors, config), and may have load_tensors(path)
+    # (default: safetensors) and hf_config_from(config) (the HF twin's config, for tests and benchmarks)
+    converters: tuple[ModuleType, ...] = ()
+
+    @property
+    def hf_twin_converter(self) -> ModuleType | None:
+        return next((c for c in self.converters if hasattr(c, "hf_config_from")), None)
 
 
 FAMILIES: dict[str, Family] = {}
@@ -40,11 +53,19 @@ def model_names() -> list[str]:
     return [name for family in FAMILIES.values() for name in family.sizes]
 
 
-register(Family("llama", llama_config.LlamaConfig, DecoderLM, llama_config.SIZES, llama_convert))
-register(Family("gpt", gpt_config.GPTConfig, DecoderLM, gpt_config.SIZES, gpt_convert))
+register(Family("llama", llama_config.LlamaConfig, DecoderLM, llama_config.SIZES, (llama_convert,)))
+register(Family("gpt", gpt_config.GPTConfig, DecoderLM, gpt_config.SIZES, (gpt_convert,)))
+register(
+    Family(
+        "mamba2", mamba2_config.Mamba2Config, Mamba2LM, mamba2_config.MAMBA2_SIZES, (mamba2_convert, mamba_ssm_convert)
+    )
+)
+register(
+    Family("mamba2-hybrid", mamba2_config.HybridConfig, Mamba2LM, mamba2_config.HYBRID_SIZES, (nemotron_h_convert,))
+)
 
 
-def get_config(name: str) -> DecoderConfig:
+def get_config(name: str) -> ModelConfig:
     """The config of a named size (a fresh copy), or an error listing close names."""
     for family in FAMILIES.values():
         if name in family.sizes:
@@ -56,11 +77,11 @@ def get_config(name: str) -> DecoderConfig:
     raise UnknownModelError(f"unknown model {name!r}{hint} (`zoo list` shows all {len(names)} names)")
 
 
-def family_of(config: DecoderConfig) -> Family:
+def family_of(config: ModelConfig) -> Family:
     return FAMILIES[config.family]
 
 
-def build_from_config(config: DecoderConfig, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"):
+def build_from_config(config: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"):
     """A model of `config` with random weights drawn from `seed` (the same seed gives the same weights)."""
     model = _allocate(config)
     with torch.random.fork_rng(devices=[]):
@@ -69,7 +90,7 @@ def build_from_config(config: DecoderConfig, seed: int = 0, dtype: torch.dtype =
     return model.to(device=device, dtype=dtype).eval()
 
 
-def _allocate(config: DecoderConfig) -> torch.nn.Module:
+def _allocate(config: ModelConfig) -> torch.nn.Module:
     """The model of `config` with uninitialised CPU weights (built on meta: no wasted random init)."""
     with torch.device("meta"):
         model = family_of(config).model_cls(config)
@@ -85,7 +106,7 @@ def is_checkpoint_dir(name_or_path: str | os.PathLike) -> bool:
     return Path(name_or_path).is_dir()
 
 
-def load_config(path: str | os.PathLike) -> tuple[DecoderConfig, ModuleType | None]:
+def load_config(path: str | os.PathLike) -> tuple[ModelConfig, ModuleType | None]:
     """(config, HF converter or None for a zoo-format directory) from `path`/config.json."""
     raw = checkpoint.read_config_json(path)
     if "zoo_family" in raw:
@@ -96,24 +117,26 @@ def load_config(path: str | os.PathLike) -> tuple[DecoderConfig, ModuleType | No
             return family.config_cls.from_dict(raw["config"]), None
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: bad {family.name} config: {exc}") from exc
-    model_type = raw.get("model_type")
     for family in FAMILIES.values():
-        if family.hf_converter and model_type in family.hf_converter.HF_MODEL_TYPES:
-            try:
-                return family.hf_converter.config_from_hf(raw), family.hf_converter
-            except (KeyError, TypeError, ValueError) as exc:
-                raise CheckpointError(f"{path}: cannot read HF {model_type} config: {exc}") from exc
-    known = [t for f in FAMILIES.values() if f.hf_converter for t in f.hf_converter.HF_MODEL_TYPES]
+        for converter in family.converters:
+            if converter.accepts(raw):
+                try:
+                    return converter.config_from_hf(raw), converter
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise CheckpointError(f"{path}: cannot read {converter.FORMAT} config: {exc}") from exc
+    known = [c.FORMAT for f in FAMILIES.values() for c in f.converters]
     raise CheckpointError(
-        f"{path}: config.json has model_type {model_type!r}, which the zoo does not import; "
-        f"supported: {', '.join(known)} (or a zoo checkpoint with 'zoo_family')"
+        f"{path}: config.json (model_type {raw.get('model_type')!r}) matches no format the zoo imports; "
+        f"supported: {'; '.join(known)}; or a zoo checkpoint with 'zoo_family'"
     )
 
 
 def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, device="cpu"):
-    """Load an HF-format (LlamaForCausalLM, GPT2LMHeadModel) or zoo-format checkpoint directory."""
+    """Load a checkpoint directory in a format some family imports (HF LlamaForCausalLM, GPT2LMHeadModel,
+    Mamba2ForCausalLM, NemotronHForCausalLM, mamba_ssm) or in the zoo format."""
     config, converter = load_config(path)
-    tensors = checkpoint.load_safetensors_dir(path)
+    load_tensors = getattr(converter, "load_tensors", checkpoint.load_safetensors_dir)
+    tensors = load_tensors(path)
     unexpected: list[str] = []
     if converter is not None:
         tensors, unexpected = converter.state_dict_from_hf(tensors, config)

@@ -9,11 +9,29 @@ from tests.conftest import informative_weights
 from zoo.errors import ContextLengthError, MissingDependencyError, ZooError
 from zoo.models.gpt import GPTConfig
 from zoo.models.llama import LlamaConfig
+from zoo.models.mamba2 import HybridConfig, Mamba2Config
 from zoo.registry import build_from_config
 
 LLAMA = LlamaConfig(vocab_size=101, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96, max_seq_len=128)
 GPT = GPTConfig(vocab_size=101, d_model=48, n_layers=2, n_heads=4, d_ff=96, max_seq_len=64)
-PROMPT_LENGTHS = (5, 1, 12, 8)  # different lengths in one batch, including a single token
+MAMBA2 = Mamba2Config(vocab_size=101, d_model=32, n_layers=2, d_state=8, mamba_head_dim=8, n_groups=2, chunk_size=8)
+HYBRID = HybridConfig(
+    vocab_size=101,
+    d_model=32,
+    n_layers=4,
+    pattern="M*-M",
+    d_state=8,
+    mamba_head_dim=8,
+    n_groups=2,
+    chunk_size=8,
+    n_heads=4,
+    n_kv_heads=2,
+    d_ff=48,
+    max_seq_len=128,
+)
+CONFIGS = [LLAMA, GPT, MAMBA2, HYBRID]
+CONFIG_IDS = ["llama", "gpt", "mamba2", "hybrid"]
+PROMPT_LENGTHS = (5, 1, 12, 8, 17)  # different lengths in one batch: one token, and across 8-token chunks
 
 
 def random_prompts(vocab, lengths, seed=0):
@@ -21,7 +39,7 @@ def random_prompts(vocab, lengths, seed=0):
     return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
 
 
-@pytest.mark.parametrize("config", [LLAMA, GPT], ids=["llama", "gpt"])
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 def test_cached_decode_matches_full_forward(config):
     """Teacher forcing: prefill ragged prompts, feed a fixed continuation one token at a time, and compare
     the logits of every step with one full forward over each row's whole sequence."""
@@ -49,15 +67,16 @@ def test_cached_decode_matches_full_forward(config):
             torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
-def test_compiled_backend_matches_eager():
-    model = zoo.build("llama-tiny", seed=4)
+@pytest.mark.parametrize("name", ["llama-tiny", "mamba2-hybrid-tiny"])
+def test_compiled_backend_matches_eager(name):
+    model = zoo.build(name, seed=4)
     prompts = random_prompts(256, (3, 17, 9))
     eager = Engine.from_model(model, "torch").generate(prompts, 12)
     compiled = Engine.from_model(model, "compiled").generate(prompts, 12)
     assert compiled == eager
 
 
-@pytest.mark.parametrize("config", [LLAMA, GPT], ids=["llama", "gpt"])
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 def test_greedy_generation_matches_hf_generate(hf_checkpoint, config):
     path, hf_model = hf_checkpoint(config)
     engine = Engine.load(str(path))

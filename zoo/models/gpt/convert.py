@@ -4,11 +4,16 @@ import re
 
 import torch
 
-from zoo.checkpoint import activation_from_hf, rename_keys
+from zoo.checkpoint import activation_from_hf, convert_with_rules
 from zoo.errors import CheckpointError
 from zoo.models.gpt.config import GPTConfig
 
-HF_MODEL_TYPES = ("gpt2",)
+FORMAT = "HF GPT2LMHeadModel (model_type gpt2)"
+
+
+def accepts(raw: dict) -> bool:
+    return raw.get("model_type") == "gpt2"
+
 
 _LAYER = r"(?:transformer\.)?h\.(\d+)\."
 RULES = [
@@ -70,11 +75,7 @@ def hf_config_from(config: GPTConfig) -> dict:
 
 def state_dict_from_hf(hf_state: dict, config: GPTConfig):
     """Returns (zoo state dict, keys that no rule maps). Conv1D weights are transposed, c_attn split in 3."""
-    if config.tie_embeddings:
-        hf_state = {k: v for k, v in hf_state.items() if k != "lm_head.weight"}
-    renamed, unexpected = rename_keys(hf_state, RULES, IGNORED)
-    if not renamed:
-        raise CheckpointError("no GPT-2 tensor names found (expected transformer.h.N.attn.c_attn.weight, ...)")
+    renamed, unexpected = convert_with_rules(hf_state, RULES, config.tie_embeddings, FORMAT, IGNORED)
     state = {}
     for key, tensor in renamed.items():
         conv1d_weight = key.endswith(".weight") and re.search(r"\.(wqkv|wo|w_up|w_down)\.", key)

@@ -1,10 +1,14 @@
 """HF LlamaForCausalLM <-> zoo llama: config mapping and parameter renaming."""
 
-from zoo.checkpoint import activation_from_hf, rename_keys
-from zoo.errors import CheckpointError
+from zoo.checkpoint import activation_from_hf, convert_with_rules
 from zoo.models.llama.config import LlamaConfig
 
-HF_MODEL_TYPES = ("llama",)
+FORMAT = "HF LlamaForCausalLM (model_type llama)"
+
+
+def accepts(raw: dict) -> bool:
+    return raw.get("model_type") == "llama"
+
 
 _LAYER = r"model\.layers\.(\d+)\."
 RULES = [
@@ -80,9 +84,4 @@ def hf_config_from(config: LlamaConfig) -> dict:
 
 def state_dict_from_hf(hf_state: dict, config: LlamaConfig):
     """Returns (zoo state dict, keys that no rule maps)."""
-    if config.tie_embeddings:
-        hf_state = {k: v for k, v in hf_state.items() if k != "lm_head.weight"}
-    state, unexpected = rename_keys(hf_state, RULES, IGNORED)
-    if not state:
-        raise CheckpointError("no Llama tensor names found (expected model.layers.N.self_attn.q_proj.weight, ...)")
-    return state, unexpected
+    return convert_with_rules(hf_state, RULES, config.tie_embeddings, FORMAT, IGNORED)

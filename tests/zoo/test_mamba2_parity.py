@@ -1,0 +1,135 @@
+"""Mamba-2 and the hybrid against HF Mamba2ForCausalLM / NemotronHForCausalLM through zoo.from_pretrained,
+and the mamba_ssm checkpoint layout."""
+
+import json
+
+import pytest
+import torch
+
+import zoo
+from zoo.errors import CheckpointError
+from zoo.models.mamba2 import HybridConfig, Mamba2Config
+
+CHUNK = 16
+LENGTHS = [1, 7, CHUNK, 2 * CHUNK + 5]  # one token, inside a chunk, exactly a chunk, chunks + a remainder
+MAMBA2 = {
+    "groups-1": Mamba2Config(vocab_size=96, d_model=32, n_layers=2, d_state=8, mamba_head_dim=8, chunk_size=CHUNK),
+    "groups-2-untied": Mamba2Config(
+        vocab_size=96,
+        d_model=32,
+        n_layers=2,
+        d_state=8,
+        mamba_head_dim=8,
+        n_groups=2,
+        chunk_size=CHUNK,
+        tie_embeddings=False,
+    ),
+}
+HYBRID = HybridConfig(
+    vocab_size=96,
+    d_model=32,
+    n_layers=5,
+    pattern="M*-M-",
+    d_state=8,
+    mamba_head_dim=8,
+    n_groups=2,
+    chunk_size=CHUNK,
+    n_heads=4,
+    n_kv_heads=2,
+    d_ff=48,
+    max_seq_len=128,
+)
+
+
+def assert_logits_match(model, hf_model, vocab):
+    for length in LENGTHS:
+        ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(length))
+        with torch.no_grad():
+            ours, theirs = model(ids), hf_model(ids).logits
+        assert theirs.abs().max() > 1.0
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0, msg=f"length {length}")
+
+
+@pytest.mark.parametrize("name", sorted(MAMBA2))
+def test_mamba2_logits_match_hf(hf_checkpoint, name):
+    config = MAMBA2[name]
+    path, hf_model = hf_checkpoint(config)
+    model = zoo.from_pretrained(path)
+    assert model.config == config
+    assert_logits_match(model, hf_model, config.vocab_size)
+
+
+def test_hybrid_logits_match_nemotron_h(hf_checkpoint):
+    path, hf_model = hf_checkpoint(HYBRID)
+    model = zoo.from_pretrained(path)
+    assert model.config == HYBRID and set(HYBRID.pattern) == {"M", "*", "-"}
+    assert_logits_match(model, hf_model, HYBRID.vocab_size)
+
+
+def write_mamba_ssm_checkpoint(path, hf_model, config, extra_objects=None):
+    """The state-spaces layout: config.json with ssm_cfg and a pickled pytorch_model.bin."""
+    path.mkdir()
+    state = {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in hf_model.state_dict().items()}
+    if extra_objects:
+        state.update(extra_objects)
+    torch.save(state, path / "pytorch_model.bin")
+    ssm_cfg = {
+        "layer": "Mamba2",
+        "d_state": config.d_state,
+        "headdim": config.mamba_head_dim,
+        "ngroups": config.n_groups,
+        "chunk_size": config.chunk_size,
+    }
+    (path / "config.json").write_text(
+        json.dumps(
+            {
+                "d_model": config.d_model,
+                "d_intermediate": 0,
+                "n_layer": config.n_layers,
+                "vocab_size": 90,
+                "ssm_cfg": ssm_cfg,
+                "attn_layer_idx": [],
+                "rms_norm": True,
+                "residual_in_fp32": True,
+                "pad_vocab_size_multiple": 16,
+                "tie_embeddings": config.tie_embeddings,
+            }
+        )
+    )
+
+
+def test_mamba_ssm_layout_loads_with_padded_vocab(hf_checkpoint, tmp_path):
+    config = MAMBA2["groups-1"]  # vocab 96 = 90 padded to a multiple of 16
+    _, hf_model = hf_checkpoint(config)
+    write_mamba_ssm_checkpoint(tmp_path / "ssm", hf_model, config)
+    model = zoo.from_pretrained(tmp_path / "ssm")
+    assert model.config.vocab_size == 96
+    assert_logits_match(model, hf_model, config.vocab_size)
+
+
+class NotATensor:
+    pass
+
+
+def test_mamba_ssm_pickle_with_objects_is_refused(hf_checkpoint, tmp_path):
+    config = MAMBA2["groups-1"]
+    _, hf_model = hf_checkpoint(config)
+    write_mamba_ssm_checkpoint(tmp_path / "ssm", hf_model, config, {"payload": NotATensor()})
+    with pytest.raises(CheckpointError, match="weights-only"):
+        zoo.from_pretrained(tmp_path / "ssm")  # the payload is an arbitrary object weights_only must not build
+
+
+def test_unsupported_variants_are_refused(hf_checkpoint):
+    path, _ = hf_checkpoint(HYBRID)
+    raw = json.loads((path / "config.json").read_text())
+    raw["layers_block_type"] = raw["layers_block_type"][:-1] + ["moe"]
+    (path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="MoE layers"):
+        zoo.from_pretrained(path)
+
+
+def test_hybrid_8b_pattern():
+    config = zoo.get_config("mamba2-hybrid-8b")
+    assert (config.count("M"), config.count("*"), config.count("-")) == (24, 4, 28)
+    assert [i for i, kind in enumerate(config.pattern) if kind == "*"] == [10, 22, 33, 45]
+    assert abs(config.num_params() - 8.66e9) < 0.02e9
