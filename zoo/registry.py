@@ -9,6 +9,7 @@ from types import ModuleType
 import torch
 
 from zoo import checkpoint
+from zoo.config import ModelConfig
 from zoo.errors import CheckpointError, UnknownModelError
 from zoo.models.gpt import config as gpt_config
 from zoo.models.gpt import convert as gpt_convert
@@ -19,7 +20,6 @@ from zoo.models.mamba2 import convert_hf as mamba2_convert
 from zoo.models.mamba2 import convert_mamba_ssm as mamba_ssm_convert
 from zoo.models.mamba2 import convert_nemotron_h as nemotron_h_convert
 from zoo.models.mamba2.model import Mamba2LM
-from zoo.config import ModelConfig
 from zoo.nn.transformer import DecoderLM
 
 
