@@ -36,38 +36,47 @@ def ssd_chunked(
     chunk_size: int,
     initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The chunked SSD scan (ssd_minimal_discrete, SPECS 2.2), for any length.
+    """The chunked SSD scan (SPECS 2.2), for any length.
 
     x: (b, L, h, p); dt: (b, L, h), already softplus'd; A: (h,); B, C: (b, L, g, n);
     initial_state: (b, h, p, n) or None (zeros). Returns y (b, L, h, p) in fp32 and the state after
     position L-1, (b, h, p, n) in fp32. L is padded internally with dt = 0 up to a multiple of chunk_size.
+
+    Within a chunk the decay between positions s <= l is exp(A_cs[l] - A_cs[s]) from the chunk's
+    cumulative sum A_cs, as mamba_ssm's chunk kernels compute it; across chunks the reference's stable
+    segsum is used. Tensors are laid out (b, chunk, head, position, .) so every step is a batched matmul,
+    and C.B^T is formed once per group, not per head.
     """
     b, L, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
     pad = -L % chunk_size
     x, dt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x.float(), dt.float(), B.float(), C.float()))
-    c, Q = (L + pad) // chunk_size, chunk_size
-    X = (x * dt[..., None]).reshape(b, c, Q, h, p)  # discretised input dt * x
-    A_dt = (A.float() * dt).reshape(b, c, Q, h).permute(0, 3, 1, 2)  # (b, h, c, Q)
-    B = heads_from_groups(B, h, dim=2).reshape(b, c, Q, h, -1)
-    C = heads_from_groups(C, h, dim=2).reshape(b, c, Q, h, -1)
-    A_cumsum = torch.cumsum(A_dt, dim=-1)
+    c, Q, hg = (L + pad) // chunk_size, chunk_size, h // g
 
-    # 1. within each chunk: y_l = sum_{s <= l} (C_l . B_s) exp(sum_{s < k <= l} A dt_k) X_s
-    decay_within = torch.exp(segsum(A_dt))  # (b, h, c, Q, Q)
-    y_diag = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", C, B, decay_within, X)
-    # 2. the state each chunk adds, decayed to the chunk's end
-    decay_to_end = torch.exp(A_cumsum[..., -1:] - A_cumsum)  # (b, h, c, Q)
-    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, decay_to_end, X)
+    X = (x * dt[..., None]).reshape(b, c, Q, h, p).transpose(2, 3)  # discretised input dt * x: (b, c, h, Q, p)
+    A_cs = (A.float() * dt).reshape(b, c, Q, h).transpose(2, 3).cumsum(-1)  # (b, c, h, Q)
+    B = B.reshape(b, c, Q, g, n).transpose(2, 3)[:, :, :, None]  # (b, c, g, 1, Q, n)
+    C = C.reshape(b, c, Q, g, n).transpose(2, 3)[:, :, :, None]
+    by_group = (b, c, g, hg, Q)  # heads split as (group, head in group), to broadcast B and C
+
+    # 1. within each chunk: y_l = sum_{s <= l} (C_l . B_s) exp(A_cs[l] - A_cs[s]) X_s
+    causal = torch.tril(torch.ones(Q, Q, dtype=torch.bool, device=x.device))
+    decay_within = torch.exp(A_cs[..., :, None] - A_cs[..., None, :]).masked_fill(~causal, 0.0)
+    scores = C @ B.transpose(-1, -2)  # (b, c, g, 1, Q, Q)
+    y = (decay_within.view(*by_group, Q) * scores) @ X.view(*by_group, p)  # (b, c, g, hg, Q, p)
+    # 2. the state each chunk adds, decayed to the chunk's end: sum_s exp(A_cs[-1] - A_cs[s]) X_s B_s^T
+    decay_to_end = torch.exp(A_cs[..., -1:] - A_cs)  # (b, c, h, Q)
+    chunk_states = (X * decay_to_end[..., None]).view(*by_group, p).transpose(-1, -2) @ B  # (b, c, g, hg, p, n)
     # 3. the state entering each chunk: a recurrence across chunks, started from the initial state
     if initial_state is None:
-        initial_state = torch.zeros(b, h, p, B.shape[-1], device=x.device)
-    chunk_states = torch.cat([initial_state.float()[:, None], chunk_states], dim=1)  # (b, c+1, h, p, n)
-    decay_across = torch.exp(segsum(F.pad(A_cumsum[..., -1], (1, 0))))  # (b, h, c+1, c+1)
+        initial_state = torch.zeros(b, h, p, n, device=x.device)
+    chunk_states = torch.cat([initial_state.float()[:, None], chunk_states.reshape(b, c, h, p, n)], dim=1)
+    decay_across = torch.exp(segsum(F.pad(A_cs[..., -1].transpose(1, 2), (1, 0))))  # (b, h, c+1, c+1)
     states = torch.einsum("bhzc,bchpn->bzhpn", decay_across, chunk_states)
     entering, final_state = states[:, :-1], states[:, -1]
-    # 4. the entering state's contribution to every position of the chunk
-    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", C, entering, torch.exp(A_cumsum))
-    y = (y_diag + y_off).reshape(b, c * Q, h, p)[:, :L]
+    # 4. the entering state's contribution: exp(A_cs[l]) C_l . state_in
+    y_off = (C @ entering.reshape(b, c, g, hg, p, n).transpose(-1, -2)) * torch.exp(A_cs).view(*by_group, 1)
+    y = (y + y_off).reshape(b, c, h, Q, p).transpose(2, 3).reshape(b, c * Q, h, p)[:, :L]
     return y, final_state
 
 

@@ -126,6 +126,8 @@ MAMBA2_SIZES = {
     "mamba2-tiny": Mamba2Config(
         vocab_size=256, d_model=64, n_layers=2, d_state=16, mamba_head_dim=16, n_groups=2, chunk_size=16
     ),
+    # CPU benchmarks: about 44M parameters, beside llama-small
+    "mamba2-small": Mamba2Config(vocab_size=32000, d_model=512, n_layers=16),
     **{f"mamba2-{name}": Mamba2Config(vocab_size=50288, d_model=d, n_layers=n) for name, (d, n) in _RELEASED.items()},
 }
 
@@ -145,6 +147,18 @@ HYBRID_SIZES = {
         n_kv_heads=2,
         d_ff=128,
         max_seq_len=512,
+    ),
+    # CPU benchmarks: about 37M parameters, beside llama-small (40M); 6 Mamba-2, 2 attention, 4 MLP layers
+    "mamba2-hybrid-small": HybridConfig(
+        vocab_size=32000,
+        d_model=512,
+        n_layers=12,
+        pattern="M-M*M-M-M*M-",
+        n_heads=8,
+        n_kv_heads=4,
+        d_ff=2048,
+        tie_embeddings=True,
+        max_seq_len=16384,
     ),
     # MLP activation unverified (SPECS 2.4): the release scripts pass neither --swiglu nor --squared-relu,
     # which means Megatron's default GeLU; a checkpoint's args would settle it.
