@@ -101,7 +101,8 @@ class Engine:
         if backend == "compiled":
             from passes.backend import zoo_inductor
 
-            self._decode = torch.compile(model.decode_step, fullgraph=True, dynamic=False, backend=zoo_inductor)
+            fullgraph = getattr(model, "static_graph", True)  # data-dependent MoE dispatch breaks the graph
+            self._decode = torch.compile(model.decode_step, fullgraph=fullgraph, dynamic=False, backend=zoo_inductor)
         else:
             self._decode = model.decode_step
 

@@ -10,6 +10,8 @@ HF_CLASSES = {  # model_type -> (config class, model class) names in transformer
     "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
     "mamba2": ("Mamba2Config", "Mamba2ForCausalLM"),
     "nemotron_h": ("NemotronHConfig", "NemotronHForCausalLM"),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM"),
 }
 
 

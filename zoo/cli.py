@@ -193,6 +193,32 @@ def generate_command(
     click.echo(f"TTFT {result.ttft_s * 1e3:.2f} ms{tpot}", err=True)
 
 
+@main.command("upcycle")
+@click.option("--from", "source", required=True, help="Dense llama-family checkpoint directory (or a model name).")
+@click.option("--experts", type=click.IntRange(min=1), required=True, help="Total experts N = E * G.")
+@click.option("--granularity", type=click.IntRange(min=1), default=1, show_default=True, help="G: shards per FFN.")
+@click.option("--top-k", type=click.IntRange(min=1), required=True)
+@click.option(
+    "--routing", type=click.Choice(["softmax-topk", "topk-softmax"]), default="softmax-topk", show_default=True
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Router initialisation (and random weights of a name)."
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to write the MoE checkpoint.")
+def upcycle_command(source, experts, granularity, top_k, routing, seed, out):
+    """Upcycle a dense model into a fine-grained MoE (virtual-group init and weight scaling, SPECS 3.2)."""
+    from zoo.models.moe.upcycle import upcycle
+    from zoo.registry import load_model, save_pretrained
+
+    moe = upcycle(load_model(source, seed=seed), experts, granularity, top_k, routing, seed=seed)
+    save_pretrained(moe, out)
+    c = moe.config
+    click.echo(
+        f"wrote {out}: {c.n_experts} experts of width {c.d_expert}, top-{c.top_k}, {c.routing}, "
+        f"{c.num_params():,} parameters ({c.active_params():,} active per token)"
+    )
+
+
 def int_list(ctx, param, value: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in value.replace(" ", "").split(",") if v)

@@ -20,6 +20,8 @@ from zoo.models.mamba2 import convert_hf as mamba2_convert
 from zoo.models.mamba2 import convert_mamba_ssm as mamba_ssm_convert
 from zoo.models.mamba2 import convert_nemotron_h as nemotron_h_convert
 from zoo.models.mamba2.model import Mamba2LM
+from zoo.models.moe import config as moe_config
+from zoo.models.moe import convert as moe_convert
 from zoo.nn.transformer import DecoderLM
 
 
@@ -55,6 +57,7 @@ def model_names() -> list[str]:
 
 register(Family("llama", llama_config.LlamaConfig, DecoderLM, llama_config.SIZES, (llama_convert,)))
 register(Family("gpt", gpt_config.GPTConfig, DecoderLM, gpt_config.SIZES, (gpt_convert,)))
+register(Family("moe", moe_config.MoEConfig, DecoderLM, moe_config.SIZES, (moe_convert,)))
 register(
     Family(
         "mamba2", mamba2_config.Mamba2Config, Mamba2LM, mamba2_config.MAMBA2_SIZES, (mamba2_convert, mamba_ssm_convert)

@@ -10,6 +10,7 @@ from zoo.errors import ContextLengthError, MissingDependencyError, ZooError
 from zoo.models.gpt import GPTConfig
 from zoo.models.llama import LlamaConfig
 from zoo.models.mamba2 import HybridConfig, Mamba2Config
+from zoo.models.moe import MoEConfig
 from zoo.registry import build_from_config
 
 LLAMA = LlamaConfig(vocab_size=101, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96, max_seq_len=128)
@@ -29,8 +30,21 @@ HYBRID = HybridConfig(
     d_ff=48,
     max_seq_len=128,
 )
-CONFIGS = [LLAMA, GPT, MAMBA2, HYBRID]
-CONFIG_IDS = ["llama", "gpt", "mamba2", "hybrid"]
+MOE = MoEConfig(
+    vocab_size=101,
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    d_ff=24,
+    n_experts=6,
+    top_k=2,
+    d_expert=24,
+    routing="topk-softmax",
+    max_seq_len=128,
+)
+CONFIGS = [LLAMA, GPT, MAMBA2, HYBRID, MOE]
+CONFIG_IDS = ["llama", "gpt", "mamba2", "hybrid", "moe"]
 PROMPT_LENGTHS = (5, 1, 12, 8, 17)  # different lengths in one batch: one token, and across 8-token chunks
 
 
@@ -67,7 +81,7 @@ def test_cached_decode_matches_full_forward(config):
             torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["llama-tiny", "mamba2-hybrid-tiny"])
+@pytest.mark.parametrize("name", ["llama-tiny", "mamba2-hybrid-tiny", "moe-tiny"])
 def test_compiled_backend_matches_eager(name):
     model = zoo.build(name, seed=4)
     prompts = random_prompts(256, (3, 17, 9))

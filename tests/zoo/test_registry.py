@@ -31,7 +31,9 @@ def test_every_named_size_has_a_consistent_config():
     assert 30e6 <= by_name["llama-small"]["params"] <= 60e6
 
 
-@pytest.mark.parametrize("name", ["llama-tiny", "gpt-tiny", "llama-small", "mamba2-tiny", "mamba2-hybrid-tiny"])
+@pytest.mark.parametrize(
+    "name", ["llama-tiny", "gpt-tiny", "llama-small", "mamba2-tiny", "mamba2-hybrid-tiny", "moe-tiny"]
+)
 def test_analytic_param_count_equals_built_model(name):
     model = zoo.build(name)
     assert sum(p.numel() for p in model.parameters()) == model.config.num_params()

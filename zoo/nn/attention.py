@@ -48,15 +48,18 @@ class SelfAttention(nn.Module):
         n_kv_heads: int,
         head_dim: int,
         bias: bool = False,
+        qkv_bias: bool | None = None,
     ):
+        """bias: on all four projections; qkv_bias (default: bias) on q, k, v only (Qwen2)."""
         super().__init__()
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads={n_heads} is not a multiple of n_kv_heads={n_kv_heads}")
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.scale = head_dim**-0.5
-        self.wq = nn.Linear(d_model, n_heads * head_dim, bias=bias)
-        self.wk = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
-        self.wv = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
+        qkv_bias = bias if qkv_bias is None else qkv_bias
+        self.wq = nn.Linear(d_model, n_heads * head_dim, bias=qkv_bias)
+        self.wk = nn.Linear(d_model, n_kv_heads * head_dim, bias=qkv_bias)
+        self.wv = nn.Linear(d_model, n_kv_heads * head_dim, bias=qkv_bias)
         self.wo = nn.Linear(n_heads * head_dim, d_model, bias=bias)
 
     def project(self, x: torch.Tensor, rope: Rope | None):

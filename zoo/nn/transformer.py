@@ -37,13 +37,14 @@ class DecoderConfig(ModelConfig):
     max_seq_len: int = 2048
     norm: str = "rms"  # "rms" | "layer"
     norm_eps: float = 1e-6
-    mlp: str = "gated"  # "gated" (SwiGLU-style) | "plain"
+    mlp: str = "gated"  # "gated" (SwiGLU-style) | "plain" | "moe" (MoEConfig)
     activation: str = "silu"
     position: str = "rope"  # "rope" | "learned" | "none"
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None  # HF rope_parameters without rope_theta, e.g. {"rope_type": "llama3", ...}
     tie_embeddings: bool = False
-    attention_bias: bool = False
+    attention_bias: bool = False  # biases on q, k, v and o
+    qkv_bias: bool = False  # biases on q, k, v only (Qwen2)
     mlp_bias: bool = False
     init_std: float = 0.02
 
@@ -60,20 +61,24 @@ class DecoderConfig(ModelConfig):
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
 
     def num_params(self) -> int:
-        d, H, Hkv, D, F = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim, self.d_ff
+        d, H, Hkv, D = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim
         attn = d * H * D * 2 + d * Hkv * D * 2
+        if self.attention_bias or self.qkv_bias:
+            attn += H * D + 2 * Hkv * D
         if self.attention_bias:
-            attn += H * D + 2 * Hkv * D + d
-        mlp_mats = 3 if self.mlp == "gated" else 2
-        mlp = mlp_mats * d * F + (((mlp_mats - 1) * F + d) if self.mlp_bias else 0)
+            attn += d
         norm = d * (2 if self.norm == "layer" else 1)
-        per_layer = attn + mlp + 2 * norm
+        per_layer = attn + self.mlp_params() + 2 * norm
         total = self.n_layers * per_layer + norm + self.vocab_size * d
         if not self.tie_embeddings:
             total += self.vocab_size * d
         if self.position == "learned":
             total += self.max_seq_len * d
         return total
+
+    def mlp_params(self) -> int:
+        mats = 3 if self.mlp == "gated" else 2
+        return mats * self.d_model * self.d_ff + (((mats - 1) * self.d_ff + self.d_model) if self.mlp_bias else 0)
 
     def cache_bytes_per_token(self, dtype: torch.dtype = torch.float16) -> int:
         """KV-cache bytes one token adds, over all layers (keys and values)."""
@@ -87,6 +92,16 @@ class DecoderConfig(ModelConfig):
         return 4 * context * self.n_heads * self.head_dim * self.n_layers  # q.k and p.v over the cache
 
 
+def make_mlp(c: DecoderConfig) -> nn.Module:
+    """The feed-forward sublayer a config asks for: "gated" (SwiGLU), "plain", or "moe" (zoo/nn/moe.py)."""
+    if c.mlp == "moe":
+        from zoo.nn.moe import MoE
+
+        return MoE.from_config(c)
+    mlp_cls = {"gated": GatedMLP, "plain": MLP}[c.mlp]
+    return mlp_cls(c.d_model, c.d_ff, act=c.activation, bias=c.mlp_bias)
+
+
 class DecoderBlock(nn.Module):
     """x + attn(norm(x)), then x + mlp(norm(x))."""
 
@@ -94,10 +109,16 @@ class DecoderBlock(nn.Module):
         super().__init__()
         c = config
         self.attn_norm = make_norm(c.norm, c.d_model, c.norm_eps)
-        self.attn = SelfAttention(c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, bias=c.attention_bias)
+        self.attn = SelfAttention(
+            c.d_model,
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim,
+            bias=c.attention_bias,
+            qkv_bias=c.attention_bias or c.qkv_bias,
+        )
         self.mlp_norm = make_norm(c.norm, c.d_model, c.norm_eps)
-        mlp_cls = {"gated": GatedMLP, "plain": MLP}[c.mlp]
-        self.mlp = mlp_cls(c.d_model, c.d_ff, act=c.activation, bias=c.mlp_bias)
+        self.mlp = make_mlp(c)
 
     def forward(self, x, rope, kv=None):
         x = x + self.attn(self.attn_norm(x), rope, kv)
@@ -120,6 +141,12 @@ class DecoderLM(nn.Module):
         # Tied embeddings reuse embed.weight in `logits`, so the state dict holds the matrix once.
         self.lm_head = None if c.tie_embeddings else nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.reset_parameters()
+
+    @property
+    def static_graph(self) -> bool:
+        """Whether decode_step is one graph with static shapes. Grouped MoE compute splits tokens by expert
+        with data-dependent sizes, so torch.compile breaks the graph around it."""
+        return self.config.mlp != "moe"
 
     def reset_parameters(self):
         """Linear and embedding weights ~ N(0, init_std), biases 0, norm weights 1."""

@@ -11,15 +11,16 @@ def accepts(raw: dict) -> bool:
 
 
 _LAYER = r"model\.layers\.(\d+)\."
-RULES = [
+# everything but the MLP: shared with the MoE family (zoo/models/moe/convert.py)
+TRUNK_RULES = [
     (r"model\.embed_tokens\.weight", "embed.weight"),
     (r"model\.norm\.weight", "norm.weight"),
     (r"lm_head\.weight", "lm_head.weight"),
     (_LAYER + r"self_attn\.(q|k|v|o)_proj\.(weight|bias)", r"layers.\1.attn.w\2.\3"),
-    (_LAYER + r"mlp\.(gate|up|down)_proj\.(weight|bias)", r"layers.\1.mlp.w_\2.\3"),
     (_LAYER + r"input_layernorm\.weight", r"layers.\1.attn_norm.weight"),
     (_LAYER + r"post_attention_layernorm\.weight", r"layers.\1.mlp_norm.weight"),
 ]
+RULES = [*TRUNK_RULES, (_LAYER + r"mlp\.(gate|up|down)_proj\.(weight|bias)", r"layers.\1.mlp.w_\2.\3")]
 IGNORED = (_LAYER + r"self_attn\.rotary_emb\.inv_freq",)  # a buffer that old checkpoints saved
 
 

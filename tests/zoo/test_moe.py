@@ -1,0 +1,201 @@
+"""MoE: parity with HF Mixtral / Qwen2-MoE, grouped against dense compute, upcycling, router statistics."""
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import zoo
+from tests.conftest import informative_weights
+from zoo.cli import main
+from zoo.models.llama import LlamaConfig
+from zoo.models.moe import MoEConfig
+from zoo.models.moe.upcycle import scale_factor, upcycle
+from zoo.nn.moe import MoE, router_stats, set_moe_compute
+from zoo.registry import build_from_config
+
+MIXTRAL = MoEConfig(
+    vocab_size=97,
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    d_ff=24,
+    n_experts=6,
+    top_k=2,
+    d_expert=24,
+    routing="topk-softmax",
+)
+QWEN2 = MoEConfig(
+    vocab_size=97,
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    d_ff=48,
+    n_experts=6,
+    top_k=3,
+    d_expert=24,
+    routing="softmax-topk",
+    shared_d_ff=40,
+    shared_gate=True,
+    qkv_bias=True,
+)
+
+
+def assert_matches_hf(model, hf_model, vocab):
+    for length in (1, 13):
+        ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(length))
+        with torch.no_grad():
+            ours, theirs = model(ids), hf_model(ids).logits
+        assert theirs.abs().max() > 1.0
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_mixtral_logits_match_hf(hf_checkpoint):
+    path, hf_model = hf_checkpoint(MIXTRAL)
+    model = zoo.from_pretrained(path)
+    assert model.config == MIXTRAL
+    assert_matches_hf(model, hf_model, MIXTRAL.vocab_size)
+
+
+@pytest.mark.parametrize("shared_expert", ["with", "zeroed"])
+def test_qwen2_moe_logits_match_hf(hf_checkpoint, shared_expert):
+    """norm_topk_prob=False (softmax-then-top-K); a zeroed shared expert stands for a model without one."""
+    path, hf_model = hf_checkpoint(QWEN2)
+    if shared_expert == "zeroed":
+        with torch.no_grad():
+            for layer in hf_model.model.layers:
+                layer.mlp.shared_expert.down_proj.weight.zero_()
+        hf_model.save_pretrained(path)
+    model = zoo.from_pretrained(path)
+    assert model.config == QWEN2
+    assert_matches_hf(model, hf_model, QWEN2.vocab_size)
+
+
+def test_grouped_equals_dense_with_empty_and_single_token_experts():
+    layer = MoE(d_model=8, n_experts=8, top_k=1, d_expert=6)
+    informative_weights(layer)
+    with torch.no_grad():
+        layer.router.weight.copy_(10 * torch.eye(8))  # token e_i goes to expert i
+    x = torch.eye(8)[[0, 0, 3]] + 0.01 * torch.randn(3, 8)
+    counts = router_stats(layer, x)[0]
+    assert counts.tolist() == [2, 0, 0, 1, 0, 0, 0, 0]  # experts with two, one and no tokens
+    grouped = layer(x)
+    layer.compute = "dense"
+    torch.testing.assert_close(layer(x), grouped, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("routing", ["softmax-topk", "topk-softmax"])
+@pytest.mark.parametrize("tokens", [1, 37])
+def test_grouped_equals_dense_on_a_model(routing, tokens):
+    config = MoEConfig(**{**QWEN2.to_dict(), "routing": routing})
+    model = informative_weights(build_from_config(config))
+    ids = torch.randint(0, config.vocab_size, (1, tokens))
+    with torch.no_grad():
+        grouped = model(ids)
+        set_moe_compute(model, "dense")
+        dense = model(ids)
+    torch.testing.assert_close(dense, grouped, atol=1e-5, rtol=1e-5)
+
+
+def test_router_stats_count_every_routed_slot():
+    model = zoo.build("moe-tiny")
+    stats = router_stats(model, torch.randint(0, 256, (3, 10)))
+    assert stats.shape == (2, 8)
+    assert stats.sum(dim=1).tolist() == [3 * 10 * 2] * 2  # tokens x top-2, per layer
+
+
+def dense_model(mlp: str, act: str, seed: int = 0, informative: bool = False):
+    config = LlamaConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, d_ff=64, mlp=mlp, activation=act)
+    model = build_from_config(config, seed=seed)
+    return informative_weights(model, seed) if informative else model
+
+
+# (dense MLP, activation, N, G, K, routing): exact where the scaling makes the MoE equal the dense model
+EXACT = [
+    ("gated", "silu", 8, 1, 2, "topk-softmax"),  # G = 1: every expert is a whole copy, weights sum to 1
+    ("plain", "relu2", 8, 1, 2, "topk-softmax"),
+    ("plain", "relu2", 16, 4, 8, "topk-softmax"),  # squared ReLU: the G shards sum to the FFN exactly
+]
+APPROXIMATE = [
+    ("gated", "silu", 16, 4, 8, "topk-softmax"),  # SiLU is not homogeneous: s^3 scaling is approximate
+    ("gated", "silu", 8, 1, 2, "softmax-topk"),  # probabilities of the top K do not sum to K/N exactly
+    ("plain", "relu2", 32, 4, 8, "softmax-topk"),
+]
+
+
+@pytest.mark.parametrize("mlp, act, n, g, k, routing", EXACT)
+def test_upcycled_model_equals_dense_exactly(mlp, act, n, g, k, routing):
+    dense = dense_model(mlp, act, informative=True)
+    moe = upcycle(dense, n, g, k, routing)
+    ids = torch.randint(0, 97, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(moe(ids), dense(ids), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mlp, act, n, g, k, routing", APPROXIMATE)
+def test_upcycled_model_is_close_to_dense(mlp, act, n, g, k, routing):
+    """Megatron's upcycling test tolerance (rtol = atol = 0.1 on logits at the standard init)."""
+    dense = dense_model(mlp, act)
+    moe = upcycle(dense, n, g, k, routing)
+    ids = torch.randint(0, 97, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(moe(ids), dense(ids), atol=0.1, rtol=0.1)
+
+
+@pytest.mark.parametrize("n, g, k", [(8, 1, 2), (32, 4, 8)])
+def test_upcycled_layer_output_scale_with_a_uniform_router(n, g, k):
+    """softmax-then-top-K with squared-ReLU experts and near-uniform routing (p = 1/N): the scaled experts
+    reproduce the dense FFN; a wrong S (e.g. G instead of E G^2 / K) would be off by a factor of several.
+    (SwiGLU experts are off by ~15% here however S is chosen: SiLU is not homogeneous.)"""
+    mlp, act, routing = "plain", "relu2", "softmax-topk"
+    dense = dense_model(mlp, act, informative=True)
+    moe = upcycle(dense, n, g, k, routing)
+    with torch.no_grad():
+        moe.layers[0].mlp.router.weight.mul_(1e-3)
+        x = torch.randn(64, 32)
+        ours, theirs = moe.layers[0].mlp(x), dense.layers[0].mlp(x)
+    assert (ours - theirs).norm() / theirs.norm() < 0.05
+
+
+def test_scale_factors():
+    assert scale_factor(8, 1, 2, "topk-softmax", cubic=True) == 1.0
+    assert scale_factor(64, 8, 16, "softmax-topk", cubic=True) == pytest.approx((8 * 64 / 16) ** (1 / 3))
+    assert scale_factor(16, 4, 8, "topk-softmax", cubic=False) == pytest.approx(2.0)
+
+
+def test_upcycle_cli_writes_a_loadable_checkpoint(tmp_path):
+    dense = dense_model("plain", "relu2", informative=True)
+    zoo.save_pretrained(dense, tmp_path / "dense")
+    result = CliRunner().invoke(
+        main,
+        [
+            "upcycle",
+            "--from",
+            str(tmp_path / "dense"),
+            "--experts",
+            "16",
+            "--granularity",
+            "4",
+            "--top-k",
+            "8",
+            "--routing",
+            "topk-softmax",
+            "--out",
+            str(tmp_path / "moe"),
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0 and "16 experts of width 16, top-8" in result.output
+    moe = zoo.from_pretrained(tmp_path / "moe")
+    assert moe.config.family == "moe" and moe.config.n_experts == 16
+    ids = torch.randint(0, 97, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(moe(ids), dense(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_upcycle_refuses_bad_shapes():
+    with pytest.raises(zoo.ZooError, match="granularity 3 must divide"):
+        upcycle(dense_model("gated", "silu"), 8, 3, 2)
+    with pytest.raises(zoo.ZooError, match="llama-family"):
+        upcycle(zoo.build("gpt-tiny"), 8, 1, 2)

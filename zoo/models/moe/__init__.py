@@ -1,0 +1,3 @@
+from zoo.models.moe.config import SIZES, MoEConfig
+
+__all__ = ["MoEConfig", "SIZES"]
