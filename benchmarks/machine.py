@@ -20,7 +20,8 @@ REFERENCE_CALIBRATION_S = 0.128
 REFERENCE_MACHINE = "2-core AMD EPYC (AVX-512) CPU, torch 2.13.0+cpu, 2026-11-22"
 
 
-def _median_time(fn, repeats: int, warmup: int = 1) -> float:
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of `repeats` calls of fn() after `warmup` unmeasured calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -46,7 +47,7 @@ def measure_bandwidth(device="cpu", megabytes: int = 256, repeats: int = 5) -> f
         dst.copy_(src)
         _sync(device)
 
-    return 2 * src.nbytes / _median_time(copy, repeats)
+    return 2 * src.nbytes / median_time(copy, repeats)
 
 
 def measure_read_bandwidth(device="cpu", megabytes: int = 256, repeats: int = 5) -> float:
@@ -59,7 +60,7 @@ def measure_read_bandwidth(device="cpu", megabytes: int = 256, repeats: int = 5)
         src.sum()
         _sync(device)
 
-    return src.nbytes / _median_time(read, repeats)
+    return src.nbytes / median_time(read, repeats)
 
 
 def measure_matmul_flops(device="cpu", dtype=torch.float32, size: int = 1024, repeats: int = 5) -> float:
@@ -72,7 +73,7 @@ def measure_matmul_flops(device="cpu", dtype=torch.float32, size: int = 1024, re
         a @ b
         _sync(device)
 
-    return 2 * size**3 / _median_time(matmul, repeats)
+    return 2 * size**3 / median_time(matmul, repeats)
 
 
 def calibration_seconds(repeats: int = 5) -> float:
@@ -85,7 +86,7 @@ def calibration_seconds(repeats: int = 5) -> float:
     engine = Engine.from_model(build_from_config(config, seed=0), "torch", weight_layout="row-major")
     prompt = [list(range(1, 33))]
     with torch.random.fork_rng(devices=[]):
-        return _median_time(lambda: engine.generate(prompt, 64), repeats)
+        return median_time(lambda: engine.generate(prompt, 64), repeats)
 
 
 def to_reference_seconds(seconds: float, calibration_s: float) -> float:

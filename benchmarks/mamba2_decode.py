@@ -12,26 +12,16 @@
 import argparse
 import dataclasses
 import statistics
-import time
 
 import torch
 
 import zoo
+from benchmarks.machine import median_time
 from runtime import Engine
 from zoo.nn.ssd import ssd_chunked, ssd_step
 from zoo.registry import build_from_config
 
 CONTEXTS = (256, 2048, 8192)
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def decode_tpot(engine: Engine, context: int, new_tokens: int, repeats: int) -> float:

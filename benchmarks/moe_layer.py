@@ -6,22 +6,11 @@ weights, measured in one run (target: grouped >= 3x faster than dense at 2048 to
 """
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from benchmarks.machine import median_time
 from zoo.nn.moe import MoE
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def hf_mixtral_block(layer: MoE, d_model: int, d_expert: int):

@@ -57,3 +57,14 @@ def hf_checkpoint(tmp_path):
         return path, model
 
     return write
+
+
+def assert_logits_match_hf(model, hf_model, vocab: int, lengths, atol: float = 1e-4):
+    """Logits of `model` equal to the HF model's (fp32) on random ids at each length, batch of 2."""
+    for length in lengths:
+        ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(length))
+        with torch.no_grad():
+            ours, theirs = model(ids), hf_model(ids).logits
+        assert ours.shape == (2, length, vocab)
+        assert theirs.abs().max() > 1.0  # the weights make logits informative, not all near zero
+        torch.testing.assert_close(ours, theirs, atol=atol, rtol=0, msg=f"length {length}")

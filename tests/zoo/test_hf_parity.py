@@ -6,11 +6,12 @@ import pytest
 import torch
 
 import zoo
+from tests.conftest import assert_logits_match_hf
 from zoo.models.gpt import GPTConfig
 from zoo.models.llama import LlamaConfig
 from zoo.nn.rope import rope_inv_freq
 
-ATOL = 1e-4
+LENGTHS = (1, 7, 33)
 
 LLAMA_VARIANTS = {
     "gqa-untied": dict(vocab_size=211, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96),
@@ -46,23 +47,13 @@ LLAMA_VARIANTS = {
 }
 
 
-def assert_logits_match(model, hf_model, vocab, lengths=(1, 7, 33)):
-    for length in lengths:
-        ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(length))
-        with torch.no_grad():
-            ours, theirs = model(ids), hf_model(ids).logits
-        assert ours.shape == (2, length, vocab)
-        assert theirs.abs().max() > 1.0  # the weights make logits informative, not all near zero
-        torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=0)
-
-
 @pytest.mark.parametrize("variant", sorted(LLAMA_VARIANTS))
 def test_llama_logits_match_hf(hf_checkpoint, variant):
     config = LlamaConfig(**LLAMA_VARIANTS[variant])
     path, hf_model = hf_checkpoint(config)
     model = zoo.from_pretrained(path)
     assert model.config == config  # the HF config maps back to the same zoo config
-    assert_logits_match(model, hf_model, config.vocab_size)
+    assert_logits_match_hf(model, hf_model, config.vocab_size, LENGTHS)
 
 
 def test_llama3_rope_scaling_changes_the_logits(hf_checkpoint):
@@ -81,14 +72,14 @@ def test_gpt2_logits_match_hf(hf_checkpoint):
     path, hf_model = hf_checkpoint(config)
     model = zoo.from_pretrained(path)
     assert model.config == config
-    assert_logits_match(model, hf_model, config.vocab_size)
+    assert_logits_match_hf(model, hf_model, config.vocab_size, LENGTHS)
 
 
 def test_sharded_checkpoint_loads(hf_checkpoint):
     config = LlamaConfig(**LLAMA_VARIANTS["gqa-untied"])
     path, hf_model = hf_checkpoint(config, max_shard_size="40KB")
     assert len(list(path.glob("*.safetensors"))) > 1 and (path / "model.safetensors.index.json").is_file()
-    assert_logits_match(zoo.from_pretrained(path), hf_model, config.vocab_size, lengths=(9,))
+    assert_logits_match_hf(zoo.from_pretrained(path), hf_model, config.vocab_size, (9,))
 
 
 def test_v4_style_rope_config_is_read(hf_checkpoint):

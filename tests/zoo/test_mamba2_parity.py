@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import zoo
+from tests.conftest import assert_logits_match_hf
 from zoo.errors import CheckpointError
 from zoo.models.mamba2 import HybridConfig, Mamba2Config
 
@@ -41,29 +42,20 @@ HYBRID = HybridConfig(
 )
 
 
-def assert_logits_match(model, hf_model, vocab):
-    for length in LENGTHS:
-        ids = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(length))
-        with torch.no_grad():
-            ours, theirs = model(ids), hf_model(ids).logits
-        assert theirs.abs().max() > 1.0
-        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0, msg=f"length {length}")
-
-
 @pytest.mark.parametrize("name", sorted(MAMBA2))
 def test_mamba2_logits_match_hf(hf_checkpoint, name):
     config = MAMBA2[name]
     path, hf_model = hf_checkpoint(config)
     model = zoo.from_pretrained(path)
     assert model.config == config
-    assert_logits_match(model, hf_model, config.vocab_size)
+    assert_logits_match_hf(model, hf_model, config.vocab_size, LENGTHS)
 
 
 def test_hybrid_logits_match_nemotron_h(hf_checkpoint):
     path, hf_model = hf_checkpoint(HYBRID)
     model = zoo.from_pretrained(path)
     assert model.config == HYBRID and set(HYBRID.pattern) == {"M", "*", "-"}
-    assert_logits_match(model, hf_model, HYBRID.vocab_size)
+    assert_logits_match_hf(model, hf_model, HYBRID.vocab_size, LENGTHS)
 
 
 def write_mamba_ssm_checkpoint(path, hf_model, config, extra_objects=None):
@@ -104,7 +96,7 @@ def test_mamba_ssm_layout_loads_with_padded_vocab(hf_checkpoint, tmp_path):
     write_mamba_ssm_checkpoint(tmp_path / "ssm", hf_model, config)
     model = zoo.from_pretrained(tmp_path / "ssm")
     assert model.config.vocab_size == 96
-    assert_logits_match(model, hf_model, config.vocab_size)
+    assert_logits_match_hf(model, hf_model, config.vocab_size, LENGTHS)
 
 
 class NotATensor:

@@ -34,6 +34,38 @@ def dt_limit_from(limit) -> tuple[float, float] | None:
     return None if (low, high) == (0.0, math.inf) else (low, high)
 
 
+def shared_fields_from_hf(hf: dict) -> dict:
+    """Mamba-2 settings that HF's Mamba2 and NemotronH configs name alike."""
+    return dict(
+        d_conv=hf.get("conv_kernel", 4),
+        expand=hf.get("expand", 2),
+        n_groups=hf.get("n_groups", 1),
+        chunk_size=hf.get("chunk_size", 256),
+        dt_limit=dt_limit_from(hf.get("time_step_limit")),
+        proj_bias=bool(hf.get("use_bias", False)),
+        conv_bias=bool(hf.get("use_conv_bias", True)),
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+
+
+def shared_fields_to_hf(config: Mamba2Config) -> dict:
+    return dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        conv_kernel=config.d_conv,
+        expand=config.expand,
+        n_groups=config.n_groups,
+        chunk_size=config.chunk_size,
+        time_step_limit=list(config.dt_limit or (0.0, math.inf)),
+        use_bias=config.proj_bias,
+        use_conv_bias=config.conv_bias,
+        layer_norm_epsilon=config.norm_eps,
+        tie_word_embeddings=config.tie_embeddings,
+        residual_in_fp32=config.residual_in_fp32,
+    )
+
+
 def require_silu(act: str) -> None:
     if act != "silu":
         raise ValueError(f"Mamba-2 mixer activation {act!r} is not supported (only silu)")
@@ -49,41 +81,22 @@ def config_from_hf(hf: dict) -> Mamba2Config:
         d_model=d,
         n_layers=hf["num_hidden_layers"],
         d_state=hf.get("state_size", 128),
-        d_conv=hf.get("conv_kernel", 4),
-        expand=hf.get("expand", 2),
         mamba_head_dim=head_dim,
         mamba_heads=heads,
-        n_groups=hf.get("n_groups", 1),
-        chunk_size=hf.get("chunk_size", 256),
-        dt_limit=dt_limit_from(hf.get("time_step_limit")),
-        proj_bias=bool(hf.get("use_bias", False)),
-        conv_bias=bool(hf.get("use_conv_bias", True)),
-        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         residual_in_fp32=bool(hf.get("residual_in_fp32", True)),
+        **shared_fields_from_hf(hf),
     )
 
 
 def hf_config_from(config: Mamba2Config) -> dict:
     return dict(
         model_type="mamba2",
-        vocab_size=config.vocab_size,
-        hidden_size=config.d_model,
         num_hidden_layers=config.n_layers,
         num_heads=config.mamba_heads,
         head_dim=config.mamba_head_dim,
         state_size=config.d_state,
-        conv_kernel=config.d_conv,
-        expand=config.expand,
-        n_groups=config.n_groups,
-        chunk_size=config.chunk_size,
-        time_step_limit=list(config.dt_limit or (0.0, math.inf)),
-        use_bias=config.proj_bias,
-        use_conv_bias=config.conv_bias,
-        layer_norm_epsilon=config.norm_eps,
-        tie_word_embeddings=config.tie_embeddings,
-        residual_in_fp32=config.residual_in_fp32,
         hidden_act="silu",
+        **shared_fields_to_hf(config),
     )
 
 

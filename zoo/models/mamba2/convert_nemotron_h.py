@@ -1,10 +1,8 @@
 """HF NemotronHForCausalLM <-> zoo mamba2-hybrid (pattern M / * / -; MoE layers `E` are refused)."""
 
-import math
-
 from zoo.checkpoint import activation_from_hf, convert_with_rules
 from zoo.models.mamba2.config import HybridConfig
-from zoo.models.mamba2.convert_hf import dt_limit_from, require_silu
+from zoo.models.mamba2.convert_hf import require_silu, shared_fields_from_hf, shared_fields_to_hf
 
 FORMAT = "HF NemotronHForCausalLM (model_type nemotron_h)"
 
@@ -49,18 +47,10 @@ def config_from_hf(hf: dict) -> HybridConfig:
         n_layers=len(pattern),
         pattern=pattern,
         d_state=hf.get("ssm_state_size", 128),
-        d_conv=hf.get("conv_kernel", 4),
-        expand=hf.get("expand", 2),
         mamba_head_dim=hf["mamba_head_dim"],
         mamba_heads=hf["mamba_num_heads"],
-        n_groups=hf.get("n_groups", 1),
-        chunk_size=hf.get("chunk_size", 256),
-        dt_limit=dt_limit_from(hf.get("time_step_limit")),
-        proj_bias=bool(hf.get("use_bias", False)),
-        conv_bias=bool(hf.get("use_conv_bias", True)),
-        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         residual_in_fp32=bool(hf.get("residual_in_fp32", False)),
+        **shared_fields_from_hf(hf),
         max_seq_len=hf.get("max_position_embeddings", 4096),
         n_heads=n_heads,
         n_kv_heads=hf.get("num_key_value_heads") or n_heads,
@@ -76,22 +66,11 @@ def hf_config_from(config: HybridConfig) -> dict:
     hf_act = {"relu2": "relu2", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "silu": "silu", "relu": "relu"}
     return dict(
         model_type="nemotron_h",
-        vocab_size=config.vocab_size,
-        hidden_size=config.d_model,
         hybrid_override_pattern=config.pattern,
         ssm_state_size=config.d_state,
-        conv_kernel=config.d_conv,
-        expand=config.expand,
         mamba_head_dim=config.mamba_head_dim,
         mamba_num_heads=config.mamba_heads,
-        n_groups=config.n_groups,
-        chunk_size=config.chunk_size,
-        time_step_limit=list(config.dt_limit or (0.0, math.inf)),
-        use_bias=config.proj_bias,
-        use_conv_bias=config.conv_bias,
-        layer_norm_epsilon=config.norm_eps,
-        tie_word_embeddings=config.tie_embeddings,
-        residual_in_fp32=config.residual_in_fp32,
+        **shared_fields_to_hf(config),
         max_position_embeddings=config.max_seq_len,
         num_attention_heads=config.n_heads,
         num_key_value_heads=config.n_kv_heads,
