@@ -10,7 +10,7 @@ import argparse
 import torch
 
 from benchmarks.machine import median_time
-from zoo.nn.moe import MoE
+from zoo.nn.moe import MoE, router_stats
 
 
 def hf_mixtral_block(layer: MoE, d_model: int, d_expert: int):
@@ -71,6 +71,11 @@ def main(argv=None):
                 f"{tokens:6d} {g * 1e3:11.2f} {times['dense'] * 1e3:10.2f} {times['hf'] * 1e3:9.2f} "
                 f"{times['dense'] / g:13.1f}x {times['hf'] / g:10.1f}x"
             )
+        counts = router_stats(layer, torch.randn(2048, args.d_model))[0]
+        print(
+            f"router at 2048 tokens: tokens per expert min {counts.min()}, median {counts.median()}, max "
+            f"{counts.max()} (uniform: {2048 * args.top_k // args.experts}); {(counts == 0).sum()} experts idle"
+        )
 
 
 if __name__ == "__main__":
