@@ -1,6 +1,6 @@
 """Multi-head self-attention with grouped KV heads and an explicit, preallocated KV cache.
 
-The cache of one layer is a pair of tensors (k, v), each (B, Hkv, T, D). Every sequence of the batch has
+The cache of one layer is {"k", "v"}, each (B, Hkv, T, D). Every sequence of the batch has
 its own position, so prompts of different lengths share one batch: prefill writes slots 0..L-1 of every
 row (right-padded rows write padding that decode later overwrites), and a decode step writes slot
 `positions[b]` of row b and attends to slots 0..positions[b]. The cache is updated in place and the same
@@ -14,7 +14,6 @@ from torch import nn
 
 from zoo.nn.rope import apply_rope
 
-KVPair = tuple[torch.Tensor, torch.Tensor]
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (B, 1, L, D)
 
 
@@ -41,6 +40,8 @@ def cached_attention(
 
 
 class SelfAttention(nn.Module):
+    state_names = ("k", "v")
+
     def __init__(
         self,
         d_model: int,
@@ -76,23 +77,28 @@ class SelfAttention(nn.Module):
         B, _, L, _ = attn.shape
         return self.wo(attn.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
 
-    def forward(self, x: torch.Tensor, rope: Rope | None, kv: KVPair | None = None) -> torch.Tensor:
-        """Full causal forward over x; with `kv`, also write k, v into slots 0..L-1 (prefill)."""
+    def state_shapes(self, batch: int, max_len: int):
+        shape = (batch, self.n_kv_heads, max_len, self.head_dim)
+        return {"k": (shape, None), "v": (shape, None)}
+
+    def forward(self, x: torch.Tensor, rope: Rope | None, state: dict | None = None, lengths=None) -> torch.Tensor:
+        """Full causal forward over x; with `state`, also write k, v into slots 0..L-1 (prefill; rows past
+        their `lengths` write padding that decode overwrites)."""
         q, k, v = self.project(x, rope)
-        if kv is not None:
+        if state is not None:
             L = x.shape[1]
-            kv[0][:, :, :L] = k
-            kv[1][:, :, :L] = v
+            state["k"][:, :, :L] = k
+            state["v"][:, :, :L] = v
         return self.output(causal_attention(q, k, v, self.scale))
 
-    def decode(self, x: torch.Tensor, positions: torch.Tensor, rope: Rope | None, kv: KVPair) -> torch.Tensor:
+    def decode(self, x: torch.Tensor, positions: torch.Tensor, rope: Rope | None, state: dict) -> torch.Tensor:
         """One new token per row. x: (B, 1, d); positions: (B,).
 
         Writes slot positions[b] of row b, then attends to slots 0..positions[b].
         """
         q, k, v = self.project(x, rope)
         rows = torch.arange(x.shape[0], device=x.device)
-        k_cache, v_cache = kv
+        k_cache, v_cache = state["k"], state["v"]
         k_cache[rows, :, positions] = k[:, :, 0]
         v_cache[rows, :, positions] = v[:, :, 0]
         return self.output(cached_attention(q, k_cache, v_cache, positions, self.scale))

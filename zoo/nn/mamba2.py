@@ -38,6 +38,8 @@ class GatedRMSNorm(nn.Module):
 
 
 class Mamba2Mixer(nn.Module):
+    state_names = ("conv", "ssm")
+
     def __init__(
         self,
         d_model: int,
@@ -79,7 +81,7 @@ class Mamba2Mixer(nn.Module):
             self.conv1d.reset_parameters()
         self.norm.reset_parameters()
 
-    def state_shapes(self, batch: int) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
+    def state_shapes(self, batch: int, max_len: int = 0) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
         """Shapes of this layer's decode state (dtype None: the model's dtype)."""
         return {
             "conv": ((batch, self.conv_dim, self.d_conv), None),

@@ -23,6 +23,7 @@ from zoo.nn.attention import SelfAttention
 from zoo.nn.mlp import MLP, GatedMLP
 from zoo.nn.norms import make_norm
 from zoo.nn.rope import RotaryEmbedding
+from zoo.nn.state import allocate, layer_view
 
 
 @dataclass
@@ -120,12 +121,12 @@ class DecoderBlock(nn.Module):
         self.mlp_norm = make_norm(c.norm, c.d_model, c.norm_eps)
         self.mlp = make_mlp(c)
 
-    def forward(self, x, rope, kv=None):
-        x = x + self.attn(self.attn_norm(x), rope, kv)
+    def forward(self, x, rope, state=None, lengths=None):
+        x = x + self.attn(self.attn_norm(x), rope, state, lengths)
         return x + self.mlp(self.mlp_norm(x))
 
-    def decode(self, x, positions, rope, kv):
-        x = x + self.attn.decode(self.attn_norm(x), positions, rope, kv)
+    def decode(self, x, positions, rope, state):
+        x = x + self.attn.decode(self.attn_norm(x), positions, rope, state)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -182,13 +183,12 @@ class DecoderLM(nn.Module):
         return self.logits(x)
 
     def init_state(self, batch: int, max_len: int, dtype=None, device=None) -> dict[str, torch.Tensor]:
-        c = self.config
         param = next(self.parameters())
-        shape = (batch, c.n_kv_heads, max_len, c.head_dim)
         dtype, device = dtype or param.dtype, device or param.device
-        return {
-            f"{kind}{i}": torch.zeros(shape, dtype=dtype, device=device) for i in range(c.n_layers) for kind in "kv"
-        }
+        state = {}
+        for i, layer in enumerate(self.layers):
+            state.update(allocate(layer.attn.state_shapes(batch, max_len), i, dtype, device))
+        return state
 
     def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, state: dict[str, torch.Tensor]):
         """input_ids: (B, L) right-padded; lengths: (B,) real prompt lengths. Returns logits at lengths-1."""
@@ -197,7 +197,7 @@ class DecoderLM(nn.Module):
         x = self.embed_tokens(input_ids, positions)
         rope = self.rope(positions, x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, (state[f"k{i}"], state[f"v{i}"]))
+            x = layer(x, rope, layer_view(state, layer.attn.state_names, i), lengths)
         last = x[torch.arange(B, device=x.device), lengths - 1]
         return self.logits(last), state
 
@@ -206,5 +206,5 @@ class DecoderLM(nn.Module):
         x = self.embed_tokens(tokens[:, None], positions[:, None])
         rope = self.rope(positions[:, None], x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer.decode(x, positions, rope, (state[f"k{i}"], state[f"v{i}"]))
+            x = layer.decode(x, positions, rope, layer_view(state, layer.attn.state_names, i))
         return self.logits(x[:, 0]), state

@@ -13,6 +13,7 @@ from zoo.nn.attention import SelfAttention
 from zoo.nn.mamba2 import Mamba2Mixer
 from zoo.nn.mlp import MLP
 from zoo.nn.norms import RMSNorm
+from zoo.nn.state import allocate, layer_view
 
 
 class Sublayer(nn.Module):
@@ -68,18 +69,12 @@ class Mamba2LM(nn.Module):
                     layer.mixer.out_proj.weight /= self.config.n_layers**0.5
 
     def init_state(self, batch: int, max_len: int, dtype=None, device=None) -> dict[str, torch.Tensor]:
-        c = self.config
         param = next(self.parameters())
         dtype, device = dtype or param.dtype, device or param.device
         state = {}
         for i, layer in enumerate(self.layers):
-            if layer.kind == "M":
-                for name, (shape, state_dtype) in layer.mixer.state_shapes(batch).items():
-                    state[f"{name}{i}"] = torch.zeros(shape, dtype=state_dtype or dtype, device=device)
-            elif layer.kind == "*":
-                shape = (batch, c.n_kv_heads, max_len, c.head_dim)
-                state[f"k{i}"] = torch.zeros(shape, dtype=dtype, device=device)
-                state[f"v{i}"] = torch.zeros(shape, dtype=dtype, device=device)
+            if layer.kind != "-":  # MLPs carry no state
+                state.update(allocate(layer.mixer.state_shapes(batch, max_len), i, dtype, device))
         return state
 
     def residual_stream(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,11 +89,11 @@ class Mamba2LM(nn.Module):
         """Full-sequence pass; with `state`, also write every layer's decode state (prefill)."""
         for i, layer in enumerate(self.layers):
             h = layer.norm(x.to(layer.norm.weight.dtype))
+            layer_state = None if state is None or layer.kind == "-" else layer_view(state, layer.mixer.state_names, i)
             if layer.kind == "M":
-                layer_state = None if state is None else {"conv": state[f"conv{i}"], "ssm": state[f"ssm{i}"]}
                 out = layer.mixer(h, lengths, layer_state)
             elif layer.kind == "*":
-                out = layer.mixer(h, None, None if state is None else (state[f"k{i}"], state[f"v{i}"]))
+                out = layer.mixer(h, None, layer_state)
             else:
                 out = layer.mixer(h)
             x = self.residual_stream(x) + out
@@ -119,9 +114,9 @@ class Mamba2LM(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer.norm(x.to(layer.norm.weight.dtype))
             if layer.kind == "M":
-                out = layer.mixer.decode(h, {"conv": state[f"conv{i}"], "ssm": state[f"ssm{i}"]})
+                out = layer.mixer.decode(h, layer_view(state, layer.mixer.state_names, i))
             elif layer.kind == "*":
-                out = layer.mixer.decode(h, positions, None, (state[f"k{i}"], state[f"v{i}"]))
+                out = layer.mixer.decode(h, positions, None, layer_view(state, layer.mixer.state_names, i))
             else:
                 out = layer.mixer(h)
             x = self.residual_stream(x) + out
