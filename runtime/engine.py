@@ -50,6 +50,7 @@ class GenerationResult:
     start_time: float
     token_times: list[float] = field(default_factory=list)  # token_times[i]: step i's tokens ready
     state_bytes: int = 0  # bytes of the cache/state tensors allocated for the request
+    state_summary: dict = field(default_factory=dict)  # e.g. DMC's compression ratios (model.state_summary)
 
     @property
     def ttft_s(self) -> float:
@@ -230,4 +231,6 @@ class Engine:
                 break
             logits, state = self._decode(next_tokens, positions, state)
             positions = positions + 1
+        if hasattr(self.model, "state_summary"):
+            result.state_summary = self.model.state_summary(state, positions)
         return result

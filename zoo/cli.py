@@ -182,6 +182,7 @@ def generate_command(
             "tokens": result.tokens,
             "ttft_s": result.ttft_s,
             "tpot_s": tpot,
+            **result.state_summary,
         }
         if texts is not None:
             out["text"] = texts
@@ -190,6 +191,9 @@ def generate_command(
     for i, tokens in enumerate(result.tokens):
         click.echo(f"[{i}] {texts[i] if texts else ','.join(map(str, tokens))}")
     tpot = "" if math.isnan(result.tpot_s) else f", TPOT {result.tpot_s * 1e3:.2f} ms"
+    if "compression" in result.state_summary:
+        per_layer = ", ".join(f"{r:.2f}" for r in result.state_summary["compression"]["per_layer"])
+        tpot += f"; DMC compression {result.state_summary['compression']['overall']:.2f}x (per layer: {per_layer})"
     click.echo(f"TTFT {result.ttft_s * 1e3:.2f} ms{tpot}", err=True)
 
 
@@ -217,6 +221,21 @@ def upcycle_command(source, experts, granularity, top_k, routing, seed, out):
         f"wrote {out}: {c.n_experts} experts of width {c.d_expert}, top-{c.top_k}, {c.routing}, "
         f"{c.num_params():,} parameters ({c.active_params():,} active per token)"
     )
+
+
+@main.command("retrofit-dmc")
+@click.option("--from", "source", required=True, help="Llama-family checkpoint directory (HF or zoo format) or name.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to write the DMC checkpoint.")
+@click.option("--window", type=click.IntRange(min=0), default=12, show_default=True, help="0: unbounded mean.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random weights of a model name.")
+def retrofit_dmc_command(source, out, window, seed):
+    """Turn a Llama checkpoint into a DMC checkpoint (stage 1 of the recipe: decision rows zeroed)."""
+    from zoo.models.dmc.retrofit import dmc_from_llama
+    from zoo.registry import load_model, save_pretrained
+
+    model = dmc_from_llama(load_model(source, seed=seed), window=window)
+    save_pretrained(model, out)
+    click.echo(f"wrote {out}: DMC ({model.config.n_layers} layers, window {window}), decision rows zeroed")
 
 
 def int_list(ctx, param, value: str) -> tuple[int, ...]:

@@ -11,6 +11,7 @@ import torch
 from zoo import checkpoint
 from zoo.config import ModelConfig
 from zoo.errors import CheckpointError, UnknownModelError
+from zoo.models.dmc import config as dmc_config
 from zoo.models.gpt import config as gpt_config
 from zoo.models.gpt import convert as gpt_convert
 from zoo.models.llama import config as llama_config
@@ -57,6 +58,7 @@ def model_names() -> list[str]:
 
 register(Family("llama", llama_config.LlamaConfig, DecoderLM, llama_config.SIZES, (llama_convert,)))
 register(Family("gpt", gpt_config.GPTConfig, DecoderLM, gpt_config.SIZES, (gpt_convert,)))
+register(Family("dmc", dmc_config.DMCConfig, DecoderLM, dmc_config.SIZES))
 register(Family("moe", moe_config.MoEConfig, DecoderLM, moe_config.SIZES, (moe_convert,)))
 register(
     Family(

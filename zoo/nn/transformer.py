@@ -39,6 +39,7 @@ class DecoderConfig(ModelConfig):
     norm: str = "rms"  # "rms" | "layer"
     norm_eps: float = 1e-6
     mlp: str = "gated"  # "gated" (SwiGLU-style) | "plain" | "moe" (MoEConfig)
+    attention: str = "standard"  # "standard" | "dmc" (DMCConfig)
     activation: str = "silu"
     position: str = "rope"  # "rope" | "learned" | "none"
     rope_theta: float = 10000.0
@@ -103,6 +104,18 @@ def make_mlp(c: DecoderConfig) -> nn.Module:
     return mlp_cls(c.d_model, c.d_ff, act=c.activation, bias=c.mlp_bias)
 
 
+def make_attention(c: DecoderConfig) -> nn.Module:
+    """The attention sublayer a config asks for: standard, or with a DMC-compressed cache (zoo/nn/dmc.py)."""
+    kwargs = dict(bias=c.attention_bias, qkv_bias=c.attention_bias or c.qkv_bias)
+    if c.attention == "dmc":
+        from zoo.nn.dmc import DMCAttention
+
+        return DMCAttention(
+            c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, init_val=c.dmc_init_val, window=c.dmc_window, **kwargs
+        )
+    return SelfAttention(c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, **kwargs)
+
+
 class DecoderBlock(nn.Module):
     """x + attn(norm(x)), then x + mlp(norm(x))."""
 
@@ -110,14 +123,7 @@ class DecoderBlock(nn.Module):
         super().__init__()
         c = config
         self.attn_norm = make_norm(c.norm, c.d_model, c.norm_eps)
-        self.attn = SelfAttention(
-            c.d_model,
-            c.n_heads,
-            c.n_kv_heads,
-            c.head_dim,
-            bias=c.attention_bias,
-            qkv_bias=c.attention_bias or c.qkv_bias,
-        )
+        self.attn = make_attention(c)
         self.mlp_norm = make_norm(c.norm, c.d_model, c.norm_eps)
         self.mlp = make_mlp(c)
 
@@ -200,6 +206,15 @@ class DecoderLM(nn.Module):
             x = layer(x, rope, layer_view(state, layer.attn.state_names, i), lengths)
         last = x[torch.arange(B, device=x.device), lengths - 1]
         return self.logits(last), state
+
+    def state_summary(self, state: dict[str, torch.Tensor], cached_tokens: torch.Tensor) -> dict:
+        """What the decode state reached for rows holding `cached_tokens` (B,) tokens: with DMC, the
+        compression ratio per layer and overall (tokens over slots kept)."""
+        if self.config.attention != "dmc":
+            return {}
+        from zoo.nn.dmc import compression_ratios
+
+        return {"compression": compression_ratios(state, cached_tokens, self.config.n_layers)}
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, state: dict[str, torch.Tensor]):
         """tokens, positions: (B,). Token b sits at positions[b]; returns its next-token logits (B, V)."""

@@ -1,0 +1,194 @@
+"""DMC: the all-append case against HF Llama, cached decode against the eval forward with real merging,
+and the windowed / unbounded merge rules against a plain per-head loop."""
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import zoo
+from tests.conftest import informative_weights
+from zoo.cli import main
+from zoo.models.dmc.retrofit import dmc_config_from, dmc_from_llama
+from zoo.models.llama import LlamaConfig
+from zoo.nn.dmc import decisions, partial_accumulation, zero_last_channel
+from zoo.nn.rope import apply_rope
+from zoo.registry import build_from_config
+
+LLAMA = LlamaConfig(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96, max_seq_len=128)
+D = LLAMA.head_dim
+
+
+def hf_rope_without_last_channel(original):
+    """HF's apply_rotary_pos_emb with channel D-1 of q and k zeroed before and after rotating, as the
+    DMC reference's rotary kernel does."""
+
+    def patched(q, k, cos, sin, *args, **kwargs):
+        q, k = original(zero_last_channel(q), zero_last_channel(k), cos, sin, *args, **kwargs)
+        return zero_last_channel(q), zero_last_channel(k)
+
+    return patched
+
+
+def test_all_append_equals_hf_llama_without_channel_d_minus_1(hf_checkpoint, monkeypatch):
+    from transformers.models.llama import modeling_llama
+
+    path, hf_model = hf_checkpoint(LLAMA)
+    dmc = dmc_from_llama(zoo.from_pretrained(path))  # decision rows zeroed: k[D-1] - 5 = -5, all append
+    ids = torch.randint(0, 97, (2, 23))
+    with torch.no_grad():
+        plain_hf = hf_model(ids).logits
+        monkeypatch.setattr(
+            modeling_llama, "apply_rotary_pos_emb", hf_rope_without_last_channel(modeling_llama.apply_rotary_pos_emb)
+        )
+        for layer in hf_model.model.layers:  # the same zeroed rows on the HF side
+            for proj, heads in ((layer.self_attn.q_proj, 4), (layer.self_attn.k_proj, 2)):
+                proj.weight[torch.arange(heads) * D + D - 1] = 0
+        expected = hf_model(ids).logits
+        got = dmc(ids)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    assert (plain_hf - expected).abs().max() > 1e-2  # dropping channel D-1 does change the model
+
+
+def merging_dmc(window: int, seed: int = 0):
+    """A DMC model whose decision channel merges about half the steps, with heads that differ."""
+    model = informative_weights(build_from_config(dmc_config_from(LLAMA, window=window)), seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.layers:
+            rows = torch.arange(2) * D + D - 1
+            layer.attn.wk.weight[rows] = torch.randn(2, 64, generator=g) * 2.5 + 0.1
+            layer.attn.wq.weight[torch.arange(4) * D + D - 1] = torch.randn(4, 64, generator=g) * 0.5
+    return model
+
+
+@pytest.mark.parametrize("window", [12, 3, 0], ids=["window-12", "window-3", "unbounded"])
+def test_cached_decode_matches_eval_forward_with_merging(window):
+    model = merging_dmc(window)
+    lengths = (30, 7, 19, 1)
+    steps = 12
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 97, (n,), generator=g).tolist() for n in lengths]
+    continuation = torch.randint(0, 97, (len(prompts), steps), generator=g)
+    ids = torch.zeros(len(prompts), max(lengths), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, : len(p)] = torch.tensor(p)
+    with torch.no_grad():
+        state = model.init_state(len(prompts), max(lengths) + steps)
+        positions = torch.tensor(lengths)
+        logits, state = model.prefill(ids, positions, state)
+        outputs = [logits]
+        for t in range(steps):
+            logits, state = model.decode_step(continuation[:, t], positions + t, state)
+            outputs.append(logits)
+        for row, prompt in enumerate(prompts):
+            full = model(torch.tensor([prompt + continuation[row].tolist()]))[0]
+            expected = full[len(prompt) - 1 : len(prompt) + steps]
+            torch.testing.assert_close(torch.stack([o[row] for o in outputs]), expected, atol=1e-4, rtol=0)
+        # the decisions really merged, about half the time, and heads ended at different lengths
+        total = (positions + steps).sum().item()
+        slots = torch.stack([state[f"slots{i}"] for i in range(2)])  # (layers, B, Hkv)
+        merged = 1 - slots.sum().item() / (total * 2 * 2)
+        assert 0.25 < merged < 0.75, merged
+        assert len(set(slots.flatten().tolist())) > 4
+
+
+def per_head_loop(k, v, alpha, omega, window):
+    """The merge rule, one token at a time (SPECS 1.2): slot = weighted mean of the last <= W tokens of
+    its group (W = 0: all of them), its key rotated at its newest token. Returns [(key mean, value mean,
+    newest position)] per slot, and the open slot's (key, value) mean after every position."""
+    slots, means, members = [], [], []
+    for t in range(len(alpha)):
+        if t == 0 or alpha[t] == 0:
+            members = [t]
+            slots.append(None)
+        else:
+            members.append(t)
+        window_members = members[-window:] if window else members
+        weight = sum(omega[s] for s in window_members)
+        key = sum(omega[s] * k[s] for s in window_members) / weight
+        value = sum(omega[s] * v[s] for s in window_members) / weight
+        slots[-1] = (key, value, t)
+        means.append((key, value))
+    return slots, means
+
+
+@pytest.mark.parametrize("window", [4, 0], ids=["windowed", "unbounded"])
+def test_merge_rule_against_a_per_head_loop(window):
+    g = torch.Generator().manual_seed(0)
+    B, Hkv, L = 2, 3, 29
+    x = torch.randn(B, Hkv, L, 2 * D, generator=g)
+    alpha = (torch.rand(B, Hkv, L, generator=g) < 0.7).float()  # long groups, beyond the window
+    alpha[..., 0] = 0
+    omega = torch.rand(B, Hkv, L, generator=g) + 0.05
+    acc, weight = partial_accumulation(x, alpha, omega, window)
+    pooled = acc / weight[..., None]
+    for b in range(B):
+        for h in range(Hkv):
+            _, means = per_head_loop(x[b, h, :, :D], x[b, h, :, D:], alpha[b, h], omega[b, h], window)
+            expected = torch.stack([torch.cat([key, value]) for key, value in means])
+            torch.testing.assert_close(pooled[b, h], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window", [3, 0], ids=["windowed", "unbounded"])
+def test_prefill_cache_holds_the_loops_slots(window):
+    model = merging_dmc(window, seed=3)
+    attn = model.layers[0].attn
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 25, 64, generator=g)
+    lengths = torch.tensor([25, 16])
+    state = {k: v for k, v in model.init_state(2, 40).items() if k.endswith("0")}
+    state = {k[:-1]: v for k, v in state.items()}
+    positions = torch.arange(25).expand(2, 25)
+    with torch.no_grad():
+        attn(x, model.rope(positions, x.dtype), state, lengths)
+        q, k, v = attn.project_pre_rope(x)
+        logits, omega = decisions(q, k, attn.init_val)
+    alpha = (logits > 0).float()
+    alpha[..., 0] = 0
+    for b, n in enumerate(lengths.tolist()):
+        for h in range(2):
+            slots, _ = per_head_loop(
+                zero_last_channel(k)[b, h, :n], v[b, h, :n], alpha[b, h, :n], omega[b, h, :n], window
+            )
+            assert state["slots"][b, h] == len(slots)
+            for i, (key, value, newest) in enumerate(slots):
+                cos, sin = model.rope(torch.tensor([[newest]]), x.dtype)
+                rotated = zero_last_channel(apply_rope(key[None, None, None], cos, sin))[0, 0, 0]
+                torch.testing.assert_close(state["k"][b, h, i], rotated, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(state["v"][b, h, i], value, atol=1e-5, rtol=1e-5)
+
+
+def test_generation_reports_compression():
+    """The reported ratio is tokens cached over slots kept, recounted here by replaying the generation."""
+    from runtime import Engine
+
+    model = merging_dmc(12)
+    prompts, new = [list(range(1, 14)), [5, 6, 7]], 20
+    result = Engine.from_model(model).generate_with_stats(prompts, new)
+    with torch.no_grad():
+        state = model.init_state(2, 40)
+        lengths = torch.tensor([13, 3])
+        model.prefill(torch.tensor([prompts[0], prompts[1] + [0] * 10]), lengths, state)
+        for t in range(new - 1):  # the last generated token is sampled, not cached
+            tokens = torch.tensor([result.tokens[0][t], result.tokens[1][t]])
+            model.decode_step(tokens, lengths + t, state)
+    cached = (13 + new - 1) + (3 + new - 1)
+    per_layer = [cached * 2 / state[f"slots{i}"].sum().item() for i in range(2)]  # 2 KV heads
+    compression = result.state_summary["compression"]
+    assert compression["per_layer"] == pytest.approx(per_layer)
+    assert compression["overall"] == pytest.approx(
+        cached * 2 * 2 / sum(state[f"slots{i}"].sum().item() for i in range(2))
+    )
+    assert compression["overall"] > 1.5  # the merging weights do compress
+
+
+def test_retrofit_cli_writes_a_dmc_checkpoint(tmp_path):
+    zoo.save_pretrained(informative_weights(build_from_config(LLAMA)), tmp_path / "llama")
+    result = CliRunner().invoke(
+        main, ["retrofit-dmc", "--from", str(tmp_path / "llama"), "--out", str(tmp_path / "dmc")]
+    )
+    assert result.exit_code == 0, result.output
+    model = zoo.from_pretrained(tmp_path / "dmc")
+    assert model.config.family == "dmc" and model.config.dmc_window == 12
+    wk = model.layers[1].attn.wk.weight
+    assert wk[D - 1].abs().sum() == 0 and wk[2 * D - 1].abs().sum() == 0 and wk[D - 2].abs().sum() > 0

@@ -1,0 +1,218 @@
+"""Dynamic Memory Compression attention (Nawrot et al. 2024; SPECS section 1), inference (hard decisions).
+
+Decisions come from repurposed channels, with no new parameters (SPECS 1.1). The released code and
+checkpoints use the **last** channel D-1 of the pre-RoPE projections, not the paper's first channel,
+and so does this module:
+- alpha_t = 1[k_t[D-1] - c > 0] per KV head (c = init value 5): token t merges into the open slot;
+  the first token always appends (alpha_0 = 0);
+- omega_t = sigmoid(mean over the group's query heads of q_t[D-1] + c) + eps: its weight in the slot.
+Both channels are then zeroed for attention, before and after RoPE (the reference rotary kernel zeroes
+the last channel of its output); the softmax scale stays 1/sqrt(D).
+
+A slot holds the weighted mean of the last <= W tokens of its group (W = window, 0 = the whole group)
+(SPECS 1.2), for keys (pre-RoPE, then rotated at the position of the group's newest token) and values.
+
+Decode state per layer, per (batch row, KV head): "k", "v" (B, Hkv, T, D) slots; "slots" (B, Hkv) the
+number of slots in use; "ksum", "vsum" (B, Hkv, D), "z" (B, Hkv) the open slot's weighted sums and
+weight; "glen" (B, Hkv) its group length; "ring_k", "ring_v" (B, Hkv, W, D) and "ring_z" (B, Hkv, W)
+the weighted inputs of the last W tokens, indexed by position % W. Sums are kept in fp32.
+"""
+
+import torch
+
+from zoo.nn.attention import SelfAttention
+from zoo.nn.rope import apply_rope
+
+EVAL_MASK = -50000.0  # the reference's additive mask for slots closed by a merge (SPECS 1.3)
+
+
+def decisions(q: torch.Tensor, k: torch.Tensor, init_val: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-RoPE q (B, H, L, D), k (B, Hkv, L, D) -> (decision logits a (B, Hkv, L), omega (B, Hkv, L)).
+
+    alpha = 1[a > 0]; omega = sigmoid(mean_group q[..., D-1] + init_val) + eps (SPECS 1.1)."""
+    B, H, L, _ = q.shape
+    Hkv = k.shape[1]
+    logits = k[..., -1].float() - init_val
+    q_group_mean = q[..., -1].float().view(B, Hkv, H // Hkv, L).mean(dim=2)
+    omega = torch.sigmoid(q_group_mean + init_val) + torch.finfo(q.dtype).eps
+    return logits, omega
+
+
+def zero_last_channel(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x[..., :-1], torch.zeros_like(x[..., -1:])], dim=-1)
+
+
+def group_starts(alpha: torch.Tensor) -> torch.Tensor:
+    """Index of the first token of each position's group: the last j <= i with alpha_j = 0. (..., L)."""
+    index = torch.arange(alpha.shape[-1], device=alpha.device).expand_as(alpha)
+    return torch.where(alpha == 0, index, torch.zeros_like(index)).cummax(dim=-1).values
+
+
+def window_starts(alpha: torch.Tensor, window: int) -> torch.Tensor:
+    """First token of each position's window: its group start, and at most window - 1 tokens back."""
+    starts = group_starts(alpha)
+    if window > 0:
+        index = torch.arange(alpha.shape[-1], device=alpha.device)
+        starts = torch.maximum(starts, index - window + 1)
+    return starts
+
+
+def partial_accumulation(x: torch.Tensor, alpha: torch.Tensor, omega: torch.Tensor, window: int):
+    """Every position's open-slot sums with hard decisions (SPECS 1.3): acc_i = sum over s in i's window
+    of omega_s x_s, weight_i = sum of omega_s. x: (B, Hkv, L, C); alpha, omega: (B, Hkv, L).
+
+    Window sums are differences of fp64 cumulative sums, so they are exact to fp32 precision."""
+    lo = window_starts(alpha, window)
+    weighted = torch.cat([omega[..., None], x.float() * omega[..., None]], dim=-1).double()
+    sums = torch.nn.functional.pad(weighted.cumsum(dim=2), (0, 0, 1, 0))  # sums[j] = sum over s < j
+    before = sums.gather(2, lo[..., None].expand(-1, -1, -1, sums.shape[-1]))
+    window_sum = (sums[:, :, 1:] - before).float()
+    return window_sum[..., 1:], window_sum[..., 0]
+
+
+class DMCAttention(SelfAttention):
+    """Self-attention whose KV cache is compressed by DMC. Same projections as SelfAttention."""
+
+    state_names = ("k", "v", "slots", "ksum", "vsum", "z", "glen", "ring_k", "ring_v", "ring_z")
+
+    def __init__(self, *args, init_val: float = 5.0, window: int = 12, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.init_val, self.window = init_val, window
+
+    def state_shapes(self, batch: int, max_len: int):
+        B, Hkv, D, W = batch, self.n_kv_heads, self.head_dim, self.window
+        f32 = torch.float32
+        return {
+            "k": ((B, Hkv, max_len, D), None),
+            "v": ((B, Hkv, max_len, D), None),
+            "slots": ((B, Hkv), torch.int64),
+            "ksum": ((B, Hkv, D), f32),
+            "vsum": ((B, Hkv, D), f32),
+            "z": ((B, Hkv), f32),
+            "glen": ((B, Hkv), f32),
+            "ring_k": ((B, Hkv, W, D), f32),
+            "ring_v": ((B, Hkv, W, D), f32),
+            "ring_z": ((B, Hkv, W), f32),
+        }
+
+    def project_pre_rope(self, x: torch.Tensor):
+        B, L, _ = x.shape
+        q = self.wq(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        return q, k, v
+
+    def rotate(self, t: torch.Tensor, rope) -> torch.Tensor:
+        """RoPE with channel D-1 zeroed on the way in and out (SPECS 1.1)."""
+        t = zero_last_channel(t)
+        return zero_last_channel(apply_rope(t, *rope)) if rope is not None else t
+
+    def forward(self, x: torch.Tensor, rope, state: dict | None = None, lengths=None) -> torch.Tensor:
+        """The eval full-sequence forward (hard decisions, partial accumulations, additive mask; SPECS 1.3).
+        With `state`, also build the compressed cache at each row's `lengths` (one-shot prefill)."""
+        B, L, _ = x.shape
+        q, k, v = self.project_pre_rope(x)
+        logits, omega = decisions(q, k, self.init_val)
+        alpha = (logits > 0).float()
+        alpha[..., 0] = 0.0  # the first token always appends
+        kv = torch.cat([zero_last_channel(k), v], dim=-1)
+        acc, weight = partial_accumulation(kv, alpha, omega, self.window)
+        pooled = (acc / weight[..., None]).to(x.dtype)
+        k_slot, v_slot = self.rotate(pooled[..., : self.head_dim], rope), pooled[..., self.head_dim :]
+        # query i sees its own partial state, and state j < i while token j+1 did not merge into it
+        closed = EVAL_MASK * alpha[..., 1:]  # (B, Hkv, L-1): bias of key j from alpha_{j+1}
+        bias = torch.cat([closed, torch.zeros_like(alpha[..., :1])], dim=-1)[:, :, None, :].expand(B, -1, L, L)
+        diagonal = torch.eye(L, dtype=torch.bool, device=x.device)
+        future = torch.triu(torch.ones(L, L, dtype=torch.bool, device=x.device), diagonal=1)
+        bias = bias.masked_fill(diagonal, 0.0).masked_fill(future, float("-inf"))
+        G = self.n_heads // self.n_kv_heads
+        qg = self.rotate(q, rope).view(B, self.n_kv_heads, G, L, self.head_dim)
+        scores = (qg @ k_slot[:, :, None].transpose(-1, -2)).float() * self.scale + bias[:, :, None]
+        out = scores.softmax(dim=-1).to(v_slot.dtype) @ v_slot[:, :, None]
+        if state is not None:
+            self.build_cache(state, lengths, alpha, omega, kv, acc, weight, k_slot, v_slot)
+        return self.output(out.reshape(B, self.n_heads, L, self.head_dim))
+
+    @torch.no_grad()
+    def build_cache(self, state, lengths, alpha, omega, kv, acc, weight, k_slot, v_slot):
+        """The compressed cache after each row's last prompt token, from the full-sequence pass: slot j is
+        kept when token j+1 did not merge into it, or j is the row's last token (SPECS 1.4, one-shot)."""
+        B, Hkv, L = alpha.shape
+        T, D = state["k"].shape[2], self.head_dim
+        index = torch.arange(L, device=alpha.device)
+        last = (lengths - 1)[:, None, None]  # (B, 1, 1)
+        next_appends = torch.cat([alpha[..., 1:] == 0, torch.ones_like(alpha[..., :1], dtype=torch.bool)], dim=-1)
+        keep = (index <= last) & (next_appends | (index == last))
+        dest = torch.where(keep, keep.long().cumsum(-1) - 1, T - 1)  # dropped states go to the last slot
+        state["k"].scatter_(2, dest[..., None].expand(-1, -1, -1, D), k_slot)
+        state["v"].scatter_(2, dest[..., None].expand(-1, -1, -1, D), v_slot)
+        state["slots"].copy_(keep.sum(-1))
+        # the open slot's running state at the last prompt token
+        at_last = last.expand(B, Hkv, 1)
+        state["ksum"].copy_(acc[..., :D].gather(2, at_last[..., None].expand(-1, -1, -1, D))[:, :, 0])
+        state["vsum"].copy_(acc[..., D:].gather(2, at_last[..., None].expand(-1, -1, -1, D))[:, :, 0])
+        state["z"].copy_(weight.gather(2, at_last)[..., 0])
+        start = group_starts(alpha).gather(2, at_last)[..., 0]
+        state["glen"].copy_((last[..., 0] - start + 1).float())
+        # ring buffer: the weighted inputs of the trailing group's last W tokens, at position % W
+        for back in range(self.window):
+            s = (last[..., 0] - back).expand(B, Hkv)
+            valid = (s >= start) & (s >= 0)
+            s = s.clamp(min=0)
+            w = omega.gather(2, s[..., None])[..., 0]
+            x = kv.float().gather(2, s[..., None, None].expand(-1, -1, 1, 2 * D))[:, :, 0] * w[..., None]
+            slot = (s % self.window)[..., None]
+            for name, value in (("ring_k", x[..., :D]), ("ring_v", x[..., D:])):
+                old = state[name].gather(2, slot[..., None].expand(-1, -1, 1, D))[:, :, 0]
+                new = torch.where(valid[..., None], value, old)
+                state[name].scatter_(2, slot[..., None].expand(-1, -1, 1, D), new[:, :, None])
+            old_z = state["ring_z"].gather(2, slot)[..., 0]
+            state["ring_z"].scatter_(2, slot, torch.where(valid, w, old_z)[..., None])
+
+    def decode(self, x: torch.Tensor, positions: torch.Tensor, rope, state: dict) -> torch.Tensor:
+        """One token per row at `positions` (B,): update the open slot or open a new one, per KV head
+        (SPECS 1.2), then attend to each head's slots."""
+        B = x.shape[0]
+        D, Hkv, G = self.head_dim, self.n_kv_heads, self.n_heads // self.n_kv_heads
+        q, k, v = self.project_pre_rope(x)
+        logits, omega = decisions(q, k, self.init_val)
+        alpha = ((logits[..., 0] > 0) & (positions[:, None] > 0)).float()  # (B, Hkv)
+        omega = omega[..., 0]
+        k_in, v_in = zero_last_channel(k)[:, :, 0].float(), v[:, :, 0].float()
+        glen = alpha * state["glen"] + 1
+        ksum = alpha[..., None] * state["ksum"] + omega[..., None] * k_in
+        vsum = alpha[..., None] * state["vsum"] + omega[..., None] * v_in
+        z = alpha * state["z"] + omega
+        if self.window > 0:
+            # a group longer than W drops the token W steps back, held in the ring at the same index
+            slot = (positions % self.window)[:, None, None].expand(B, Hkv, 1)
+            overflow = (glen > self.window).float()
+            ring_index = slot[..., None].expand(-1, -1, -1, D)
+            ksum = ksum - overflow[..., None] * state["ring_k"].gather(2, ring_index)[:, :, 0]
+            vsum = vsum - overflow[..., None] * state["ring_v"].gather(2, ring_index)[:, :, 0]
+            z = z - overflow * state["ring_z"].gather(2, slot)[..., 0]
+            state["ring_k"].scatter_(2, ring_index, (omega[..., None] * k_in)[:, :, None])
+            state["ring_v"].scatter_(2, ring_index, (omega[..., None] * v_in)[:, :, None])
+            state["ring_z"].scatter_(2, slot, omega[..., None])
+        for name, value in (("glen", glen), ("ksum", ksum), ("vsum", vsum), ("z", z)):
+            state[name].copy_(value)
+        slots = state["slots"] + 1 - alpha.long()
+        state["slots"].copy_(slots)
+        write = (slots - 1)[..., None, None].expand(-1, -1, 1, D)
+        k_new = self.rotate((ksum / z[..., None]).to(x.dtype)[:, :, None], rope)
+        state["k"].scatter_(2, write, k_new)
+        state["v"].scatter_(2, write, (vsum / z[..., None]).to(x.dtype)[:, :, None])
+        qg = self.rotate(q, rope).reshape(B, Hkv, G, D)
+        scores = (qg @ state["k"].transpose(-1, -2)).float() * self.scale  # (B, Hkv, G, T)
+        visible = torch.arange(state["k"].shape[2], device=x.device) < slots[..., None]
+        probs = scores.masked_fill(~visible[:, :, None], float("-inf")).softmax(dim=-1).to(state["v"].dtype)
+        return self.output((probs @ state["v"]).reshape(B, self.n_heads, 1, D))
+
+
+def compression_ratios(state: dict, positions: torch.Tensor, n_layers: int) -> dict:
+    """Tokens seen over slots kept, per layer and overall. positions: (B,), the next position per row."""
+    tokens = positions.sum().item()
+    per_layer = [tokens * state[f"slots{i}"].shape[1] / state[f"slots{i}"].sum().item() for i in range(n_layers)]
+    slots = sum(state[f"slots{i}"].sum().item() for i in range(n_layers))
+    overall = tokens * state["slots0"].shape[1] * n_layers / slots
+    return {"per_layer": per_layer, "overall": overall}
