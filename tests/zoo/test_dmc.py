@@ -192,3 +192,117 @@ def test_retrofit_cli_writes_a_dmc_checkpoint(tmp_path):
     assert model.config.family == "dmc" and model.config.dmc_window == 12
     wk = model.layers[1].attn.wk.weight
     assert wk[D - 1].abs().sum() == 0 and wk[2 * D - 1].abs().sum() == 0 and wk[D - 2].abs().sum() > 0
+
+
+def test_soft_accumulation_with_hard_decisions_matches_the_loop():
+    from zoo.nn.dmc import soft_partial_accumulation
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 2, 21, 2 * D, generator=g)
+    alpha = (torch.rand(1, 2, 21, generator=g) < 0.6).float()
+    alpha[..., 0] = 0
+    omega = torch.rand(1, 2, 21, generator=g) + 0.05
+    for window in (5, 0):
+        acc, weight = soft_partial_accumulation(x, alpha, omega, window)
+        for h in range(2):
+            _, means = per_head_loop(x[0, h, :, :D], x[0, h, :, D:], alpha[0, h], omega[0, h], window)
+            expected = torch.stack([torch.cat([key, value]) for key, value in means])
+            torch.testing.assert_close((acc / weight[..., None])[0, h], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dmc_loss_is_one_sided_and_trains_the_decision_channel():
+    from zoo.models.dmc.retrofit import dmc_loss
+
+    torch.manual_seed(0)
+    model = dmc_from_llama(informative_weights(build_from_config(LLAMA)))
+    model.train()
+    ids = torch.randint(0, 97, (2, 40))
+    model(ids)
+    assert all(0 <= layer.attn.mean_decision.max() < 0.05 for layer in model.layers)  # zeroed rows: append
+    loss = dmc_loss(model, target_cr=4.0)  # prior 0.75 > decisions: penalised
+    assert loss > 0.5
+    loss.backward()
+    wk = model.layers[0].attn.wk.weight
+    assert wk.grad[D - 1].abs().sum() > 0  # the gradient reaches the decision rows
+    assert dmc_loss(model, target_cr=1.0).item() == 0.0  # prior 0: nothing to penalise
+
+
+def test_short_retrofit_raises_the_compression_ratio():
+    from zoo.models.dmc.retrofit import evaluate, retrofit
+
+    torch.manual_seed(0)
+    model = dmc_from_llama(informative_weights(build_from_config(LLAMA)))
+    data = torch.randint(0, 97, (64, 49), generator=torch.Generator().manual_seed(0))
+    _, start_cr = evaluate(model, data[:8])
+    history = retrofit(model, data, steps=40, target_cr=3.0, batch_size=16, lr=1e-2, eval_every=40)
+    assert start_cr == pytest.approx(1.0)
+    assert history[-1]["cr"] > 1.5 and not model.training
+
+
+def megatron_state(model) -> dict:
+    """A DMC model's weights under Megatron-Core names, with linear_qkv interleaved per group."""
+    c = model.config
+    G, state = c.n_heads // c.n_kv_heads, {"embedding.word_embeddings.weight": model.embed.weight}
+    for i, layer in enumerate(model.layers):
+        p = f"decoder.layers.{i}."
+        q = layer.attn.wq.weight.view(c.n_kv_heads, G * D, -1)
+        k = layer.attn.wk.weight.view(c.n_kv_heads, D, -1)
+        v = layer.attn.wv.weight.view(c.n_kv_heads, D, -1)
+        state[p + "self_attention.linear_qkv.weight"] = torch.cat([q, k, v], dim=1).reshape(-1, c.d_model)
+        state[p + "self_attention.linear_qkv.layer_norm_weight"] = layer.attn_norm.weight
+        state[p + "self_attention.linear_proj.weight"] = layer.attn.wo.weight
+        state[p + "self_attention.linear_proj._extra_state"] = torch.zeros(0)
+        state[p + "mlp.linear_fc1.weight"] = torch.cat([layer.mlp.w_gate.weight, layer.mlp.w_up.weight])
+        state[p + "mlp.linear_fc1.layer_norm_weight"] = layer.mlp_norm.weight
+        state[p + "mlp.linear_fc2.weight"] = layer.mlp.w_down.weight
+    state["decoder.final_layernorm.weight"] = model.norm.weight
+    state["output_layer.weight"] = model.lm_head.weight
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def megatron_args(config, **extra):
+    import argparse
+
+    return argparse.Namespace(
+        num_layers=config.n_layers,
+        hidden_size=config.d_model,
+        num_attention_heads=config.n_heads,
+        group_query_attention=True,
+        num_query_groups=config.n_kv_heads,
+        ffn_hidden_size=config.d_ff,
+        padded_vocab_size=config.vocab_size,
+        max_position_embeddings=config.max_seq_len,
+        norm_epsilon=config.norm_eps,
+        swiglu=True,
+        normalization="RMSNorm",
+        untie_embeddings_and_output_weights=True,
+        dmc_window_size=12,
+        dmc_init_val=5.0,
+        dmc_cr=8.0,
+        **extra,
+    )
+
+
+def test_megatron_checkpoint_import(tmp_path):
+    model = merging_dmc(12)
+    rank0 = tmp_path / "release" / "mp_rank_00"
+    rank0.mkdir(parents=True)
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("release")
+    torch.save(
+        {"model": megatron_state(model), "args": megatron_args(model.config), "iteration": 0},
+        rank0 / "model_optim_rng.pt",
+    )
+    loaded = zoo.from_pretrained(tmp_path)
+    assert loaded.config.family == "dmc" and loaded.config.dmc_target_cr == 8.0
+    ids = torch.randint(0, 97, (2, 17))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), model(ids))
+
+
+def test_megatron_checkpoint_with_other_objects_is_refused(tmp_path):
+    model = zoo.build("dmc-tiny")
+    (tmp_path / "mp_rank_00").mkdir()
+    args = megatron_args(model.config, init_method=torch.nn.init.normal_)  # a function: not weights-only
+    torch.save({"model": {}, "args": args}, tmp_path / "mp_rank_00" / "model_optim_rng.pt")
+    with pytest.raises(zoo.CheckpointError, match="weights-only"):
+        zoo.from_pretrained(tmp_path)

@@ -24,6 +24,7 @@ from zoo.nn.attention import SelfAttention
 from zoo.nn.rope import apply_rope
 
 EVAL_MASK = -50000.0  # the reference's additive mask for slots closed by a merge (SPECS 1.3)
+GUMBEL_TEMPERATURE = 0.1  # dmc_temp
 
 
 def decisions(q: torch.Tensor, k: torch.Tensor, init_val: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +71,35 @@ def partial_accumulation(x: torch.Tensor, alpha: torch.Tensor, omega: torch.Tens
     return window_sum[..., 1:], window_sum[..., 0]
 
 
+def gumbel_sigmoid(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """sigmoid((logits + g1 - g2) / temperature), g1, g2 ~ Gumbel(0, 1) drawn in fp32 (SPECS 1.1)."""
+    u1, u2 = torch.rand_like(logits).clamp(1e-10, 1.0), torch.rand_like(logits).clamp(1e-10, 1.0)
+    g1, g2 = -torch.log(-torch.log(u1)), -torch.log(-torch.log(u2))
+    return torch.sigmoid((logits + g1 - g2) / temperature)
+
+
+def delayed(t: torch.Tensor, k: int) -> torch.Tensor:
+    """t delayed by k positions along dim 2, zeros in front: out[:, :, i] = t[:, :, i - k]."""
+    if k == 0:
+        return t
+    return torch.nn.functional.pad(t[:, :, :-k], [0, 0] * (t.dim() - 3) + [k, 0])
+
+
+def soft_partial_accumulation(x: torch.Tensor, alpha: torch.Tensor, omega: torch.Tensor, window: int):
+    """Training form with soft alpha in [0, 1] (SPECS 1.3): acc_i = alpha_i acc_{i-1} + omega_i x_i truncated
+    to the last W positions, i.e. acc_i = sum_{d < W} coef(i, d) omega_{i-d} x_{i-d} with
+    coef(i, d) = prod_{i-d < r <= i} alpha_r (alpha_0 never enters); the weight c_i likewise. W = 0 sums
+    over the whole prefix. With hard alpha this equals partial_accumulation. x: (B, Hkv, L, C)."""
+    L = x.shape[2]
+    span = min(window if window > 0 else L, L)
+    terms = torch.cat([omega[..., None], x.float() * omega[..., None]], dim=-1)  # (B, Hkv, L, 1 + C)
+    total, coef = terms, torch.ones_like(alpha)
+    for d in range(1, span):
+        coef = coef * delayed(alpha, d - 1)
+        total = total + coef[..., None] * delayed(terms, d)
+    return total[..., 1:], total[..., 0]
+
+
 class DMCAttention(SelfAttention):
     """Self-attention whose KV cache is compressed by DMC. Same projections as SelfAttention."""
 
@@ -108,19 +138,27 @@ class DMCAttention(SelfAttention):
         return zero_last_channel(apply_rope(t, *rope)) if rope is not None else t
 
     def forward(self, x: torch.Tensor, rope, state: dict | None = None, lengths=None) -> torch.Tensor:
-        """The eval full-sequence forward (hard decisions, partial accumulations, additive mask; SPECS 1.3).
-        With `state`, also build the compressed cache at each row's `lengths` (one-shot prefill)."""
+        """The full-sequence forward (SPECS 1.3). In eval mode: hard decisions, partial accumulations and
+        the -50000 mask; with `state`, also the compressed cache at each row's `lengths` (one-shot
+        prefill). In training mode: Gumbel-sigmoid decisions (temperature 0.1), soft accumulations and
+        the mask log(1 - alpha_{j+1}). Either way self.mean_decision holds each row's mean alpha (B,)."""
         B, L, _ = x.shape
         q, k, v = self.project_pre_rope(x)
         logits, omega = decisions(q, k, self.init_val)
-        alpha = (logits > 0).float()
-        alpha[..., 0] = 0.0  # the first token always appends
         kv = torch.cat([zero_last_channel(k), v], dim=-1)
-        acc, weight = partial_accumulation(kv, alpha, omega, self.window)
+        if self.training:
+            alpha = gumbel_sigmoid(logits, GUMBEL_TEMPERATURE)
+            acc, weight = soft_partial_accumulation(kv, alpha, omega, self.window)
+            closed = torch.log1p(-alpha[..., 1:].clamp(max=1 - 1e-6))  # (B, Hkv, L-1): key j from alpha_{j+1}
+        else:
+            alpha = (logits > 0).float()
+            alpha[..., 0] = 0.0  # the first token always appends
+            acc, weight = partial_accumulation(kv, alpha, omega, self.window)
+            closed = EVAL_MASK * alpha[..., 1:]
+        self.mean_decision = alpha[..., 1:].mean(dim=(1, 2))
         pooled = (acc / weight[..., None]).to(x.dtype)
         k_slot, v_slot = self.rotate(pooled[..., : self.head_dim], rope), pooled[..., self.head_dim :]
         # query i sees its own partial state, and state j < i while token j+1 did not merge into it
-        closed = EVAL_MASK * alpha[..., 1:]  # (B, Hkv, L-1): bias of key j from alpha_{j+1}
         bias = torch.cat([closed, torch.zeros_like(alpha[..., :1])], dim=-1)[:, :, None, :].expand(B, -1, L, L)
         diagonal = torch.eye(L, dtype=torch.bool, device=x.device)
         future = torch.triu(torch.ones(L, L, dtype=torch.bool, device=x.device), diagonal=1)

@@ -44,3 +44,67 @@ def dmc_from_llama(llama_model, window: int = 12, init_val: float = 5.0, zero_ro
     if zero_rows:
         zero_decision_rows(model)
     return model
+
+
+def dmc_loss(model, target_cr: float) -> torch.Tensor:
+    """One-sided compression loss of the last forward (SPECS 1.3): mean over the batch of
+    relu(prior - mean over layers of the mean decision), prior = 1 - 1 / target_cr. It penalises only
+    compressing less than the target."""
+    prior = 1.0 - 1.0 / target_cr
+    decisions = torch.stack([layer.attn.mean_decision for layer in model.layers])  # (layers, B)
+    return torch.relu(prior - decisions.mean(dim=0)).mean()
+
+
+def target_at(step: int, steps: int, target_cr: float, ramp: float = 0.8) -> float:
+    """The compression target rises linearly from 1 to target_cr over the first `ramp` of the steps
+    (stage 2, "retrofit"), then holds (stage 3, "finetune")."""
+    return 1.0 + (target_cr - 1.0) * min(1.0, step / max(1, ramp * steps))
+
+
+@torch.no_grad()
+def evaluate(model, batch: torch.Tensor) -> tuple[float, float]:
+    """(next-token cross-entropy, compression ratio) with hard decisions (eval mode) on `batch` (B, L+1).
+
+    The ratio is 1 / (1 - mean merge rate) over layers, heads and positions after the first."""
+    was_training = model.training
+    model.eval()
+    logits = model(batch[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten()).item()
+    merged = torch.stack([layer.attn.mean_decision for layer in model.layers]).mean().item()
+    model.train(was_training)
+    return loss, 1.0 / (1.0 - merged)
+
+
+def retrofit(
+    model,
+    data: torch.Tensor,
+    steps: int,
+    target_cr: float,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    eval_batch: torch.Tensor | None = None,
+    eval_every: int = 50,
+    seed: int = 0,
+) -> list[dict]:
+    """Train `model` (a DMC model) on rows of `data` (N, L+1) with LM loss + dmc_loss under a rising
+    target. Returns the evaluation history: step, target, loss, compression ratio."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    eval_batch = data[:batch_size] if eval_batch is None else eval_batch
+    history = []
+    model.train()
+    for step in range(steps + 1):
+        if step % eval_every == 0 or step == steps:
+            loss, ratio = evaluate(model, eval_batch)
+            history.append({"step": step, "target_cr": target_at(step, steps, target_cr), "loss": loss, "cr": ratio})
+        if step == steps:
+            break
+        batch = data[torch.randint(0, len(data), (batch_size,), generator=generator)]
+        logits = model(batch[:, :-1])
+        lm = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        loss = lm + dmc_loss(model, target_at(step, steps, target_cr))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return history

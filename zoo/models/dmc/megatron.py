@@ -1,0 +1,119 @@
+"""NVIDIA's released DMC checkpoints (nvidia/Llama-2-*-DMC-*): Megatron-Core, tensor-parallel rank 0.
+
+Layout: DIR/[release|iter_N/]mp_rank_00/model_optim_rng.pt, a torch pickle of {"model": state dict,
+"args": argparse.Namespace, ...}. It is read with torch.load(weights_only=True), which builds tensors
+and plain containers only; argparse.Namespace is the one class allowed besides (the args it holds are
+plain values). Megatron-Core names (SPECS 1.5):
+- decoder.layers.N.self_attention.linear_qkv.weight: interleaved per query group as
+  [q heads of the group (G x D rows) | k (D) | v (D)];
+- ...linear_qkv.layer_norm_weight / mlp.linear_fc1.layer_norm_weight: the pre-attention / pre-MLP RMSNorm
+  (TE fuses the norms into the linears; non-TE checkpoints name them input_layernorm / pre_mlp_layernorm);
+- mlp.linear_fc1.weight: [gate | up] (SwiGLU applies SiLU to the first half), mlp.linear_fc2.weight;
+- embedding.word_embeddings.weight, decoder.final_layernorm.weight, output_layer.weight.
+"""
+
+import argparse
+import re
+from pathlib import Path
+
+import torch
+
+from zoo.checkpoint import rename_keys
+from zoo.errors import CheckpointError
+from zoo.models.dmc.config import DMCConfig
+
+FORMAT = "Megatron-Core DMC checkpoint (mp_rank_00/model_optim_rng.pt)"
+CHECKPOINT_FILE = "model_optim_rng.pt"
+
+_LAYER = r"decoder\.layers\.(\d+)\."
+RULES = [
+    (r"embedding\.word_embeddings\.weight", "embed.weight"),
+    (r"decoder\.final_layernorm\.weight", "norm.weight"),
+    (r"output_layer\.weight", "lm_head.weight"),
+    (_LAYER + r"self_attention\.linear_qkv\.weight", r"layers.\1.attn.linear_qkv"),
+    (
+        _LAYER + r"(?:self_attention\.linear_qkv\.layer_norm_weight|input_layernorm\.weight)",
+        r"layers.\1.attn_norm.weight",
+    ),
+    (_LAYER + r"self_attention\.linear_proj\.weight", r"layers.\1.attn.wo.weight"),
+    (_LAYER + r"(?:mlp\.linear_fc1\.layer_norm_weight|pre_mlp_layernorm\.weight)", r"layers.\1.mlp_norm.weight"),
+    (_LAYER + r"mlp\.linear_fc1\.weight", r"layers.\1.mlp.linear_fc1"),
+    (_LAYER + r"mlp\.linear_fc2\.weight", r"layers.\1.mlp.w_down.weight"),
+]
+IGNORED = (r".*\._extra_state", r".*\.core_attention\..*")  # TransformerEngine bookkeeping
+
+
+def checkpoint_file(path) -> Path | None:
+    """The rank-0 file of a Megatron checkpoint directory, or None when `path` is not one."""
+    path = Path(path)
+    candidates = [path / "mp_rank_00" / CHECKPOINT_FILE, path / "release" / "mp_rank_00" / CHECKPOINT_FILE]
+    tracker = path / "latest_checkpointed_iteration.txt"
+    if tracker.is_file():
+        iteration = tracker.read_text().strip()
+        name = "release" if iteration == "release" else f"iter_{int(iteration):07d}"
+        candidates.insert(0, path / name / "mp_rank_00" / CHECKPOINT_FILE)
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def read(file: Path) -> dict:
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for a disallowed global, RuntimeError/EOFError for a bad file
+        raise CheckpointError(f"cannot read {file} as a weights-only torch file: {exc}") from exc
+
+
+def config_from_args(args: argparse.Namespace) -> DMCConfig:
+    a = vars(args)
+    if not a.get("swiglu", False) or a.get("normalization", "RMSNorm") != "RMSNorm":
+        raise CheckpointError("only Llama-style Megatron models (--swiglu, RMSNorm) are imported")
+    heads = a["num_attention_heads"]
+    return DMCConfig(
+        vocab_size=a.get("padded_vocab_size") or a["vocab_size"],
+        d_model=a["hidden_size"],
+        n_layers=a["num_layers"],
+        n_heads=heads,
+        n_kv_heads=a["num_query_groups"] if a.get("group_query_attention") else heads,
+        d_ff=a["ffn_hidden_size"],
+        max_seq_len=a.get("max_position_embeddings") or a.get("seq_length", 4096),
+        norm_eps=a.get("norm_epsilon", 1e-5),
+        rope_theta=float(a.get("rotary_base", 10000)),
+        tie_embeddings=not a.get("untie_embeddings_and_output_weights", False),
+        dmc_window=a.get("dmc_window_size", 12),
+        dmc_init_val=float(a.get("dmc_init_val", 5.0)),
+        dmc_target_cr=float(a.get("dmc_cr", 1.0)),
+    )
+
+
+def split_qkv(weight: torch.Tensor, config: DMCConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Megatron's per-group interleaving [q x G | k | v] -> separate q, k, v weights."""
+    D, groups, G = config.head_dim, config.n_kv_heads, config.n_heads // config.n_kv_heads
+    if weight.shape[0] != groups * (G + 2) * D:
+        raise CheckpointError(f"linear_qkv has {weight.shape[0]} rows, expected {groups * (G + 2) * D}")
+    per_group = weight.view(groups, (G + 2) * D, -1)
+    q, k, v = per_group.split([G * D, D, D], dim=1)
+    return q.reshape(-1, weight.shape[1]), k.reshape(-1, weight.shape[1]), v.reshape(-1, weight.shape[1])
+
+
+def load(file: Path) -> tuple[DMCConfig, dict[str, torch.Tensor], list[str]]:
+    """(config, zoo state dict, keys no rule maps) of a Megatron DMC checkpoint file."""
+    checkpoint = read(file)
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "args" not in checkpoint:
+        raise CheckpointError(f"{file}: expected a Megatron checkpoint with 'model' and 'args'")
+    config = config_from_args(checkpoint["args"])
+    renamed, unexpected = rename_keys(checkpoint["model"], RULES, IGNORED)
+    state = {}
+    for key, tensor in renamed.items():
+        if key.endswith(".attn.linear_qkv"):
+            prefix = key[: -len("linear_qkv")]
+            for name, part in zip("qkv", split_qkv(tensor, config)):
+                state[f"{prefix}w{name}.weight"] = part.contiguous()
+        elif key.endswith(".mlp.linear_fc1"):
+            gate, up = tensor.chunk(2, dim=0)
+            prefix = key[: -len("linear_fc1")]
+            state[prefix + "w_gate.weight"], state[prefix + "w_up.weight"] = gate.contiguous(), up.contiguous()
+        else:
+            state[key] = tensor
+    if not any(re.match(r"layers\.\d+\.attn\.wq", k) for k in state):
+        raise CheckpointError(f"{file}: no Megatron-Core decoder layers found (decoder.layers.N.self_attention...)")
+    return config, state, unexpected
