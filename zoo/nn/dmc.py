@@ -108,6 +108,17 @@ class DMCAttention(SelfAttention):
     def __init__(self, *args, init_val: float = 5.0, window: int = 12, **kwargs):
         super().__init__(*args, **kwargs)
         self.init_val, self.window = init_val, window
+        # Benchmark control, None in normal use: when P, the decision of position t is "append" iff t % P
+        # == 0 (compression ratio P exactly), whatever the decision channel says.
+        self.merge_period: int | None = None
+
+    def hard_decisions(self, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """alpha in {0, 1} for positions (broadcast to logits' shape); the first token always appends."""
+        if self.merge_period is not None:
+            alpha = (positions % self.merge_period != 0).float().expand_as(logits)
+        else:
+            alpha = (logits > 0).float()
+        return alpha * (positions > 0)
 
     def state_shapes(self, batch: int, max_len: int):
         B, Hkv, D, W = batch, self.n_kv_heads, self.head_dim, self.window
@@ -151,8 +162,7 @@ class DMCAttention(SelfAttention):
             acc, weight = soft_partial_accumulation(kv, alpha, omega, self.window)
             closed = torch.log1p(-alpha[..., 1:].clamp(max=1 - 1e-6))  # (B, Hkv, L-1): key j from alpha_{j+1}
         else:
-            alpha = (logits > 0).float()
-            alpha[..., 0] = 0.0  # the first token always appends
+            alpha = self.hard_decisions(logits, torch.arange(L, device=x.device))
             acc, weight = partial_accumulation(kv, alpha, omega, self.window)
             closed = EVAL_MASK * alpha[..., 1:]
         self.mean_decision = alpha[..., 1:].mean(dim=(1, 2))
@@ -214,7 +224,7 @@ class DMCAttention(SelfAttention):
         D, Hkv, G = self.head_dim, self.n_kv_heads, self.n_heads // self.n_kv_heads
         q, k, v = self.project_pre_rope(x)
         logits, omega = decisions(q, k, self.init_val)
-        alpha = ((logits[..., 0] > 0) & (positions[:, None] > 0)).float()  # (B, Hkv)
+        alpha = self.hard_decisions(logits[..., 0], positions[:, None])  # (B, Hkv)
         omega = omega[..., 0]
         k_in, v_in = zero_last_channel(k)[:, :, 0].float(), v[:, :, 0].float()
         glen = alpha * state["glen"] + 1

@@ -1,0 +1,93 @@
+"""Issue 3's figure: a DMC model whose decisions are set to give compression ratios 1, 2, 4 and 8
+(merge_period = CR: every CR-th token opens a slot), beside the plain Llama of the same size and
+weights, at context 512, 2048 and 8192, in one run: cache bytes in use and decode TPOT (eager, batch 1,
+fp32). The DMC cache is allocated for context / CR slots plus the new tokens, as a compressed cache is;
+the Llama's for the whole context. Targets: DMC cache bytes <= 1.1 / CR of the Llama's; at 8192 and
+CR 4, TPOT <= 0.6x the Llama's.
+
+    python -m benchmarks.dmc_decode [--new-tokens 32] [--repeats 3]
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from zoo.models.dmc.retrofit import dmc_from_llama
+from zoo.models.llama import LlamaConfig
+from zoo.registry import build_from_config
+
+CONTEXTS = (512, 2048, 8192)
+RATIOS = (1, 2, 4, 8)
+# llama-small's width with multi-head attention (8 KV heads, as Llama-2 and the released DMC models),
+# so that at long context the KV cache weighs as much as the weights
+CONFIG = LlamaConfig(
+    vocab_size=32000, d_model=512, n_layers=8, n_heads=8, d_ff=1408, max_seq_len=8192 + 256, tie_embeddings=True
+)
+
+
+def decode_tpot(model, context: int, slots: int, new_tokens: int, repeats: int) -> tuple[float, int]:
+    """(median TPOT over `repeats` decodes of new_tokens after a one-shot prefill, cache bytes in use)."""
+    prompt = torch.randint(0, CONFIG.vocab_size, (1, context), generator=torch.Generator().manual_seed(0))
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            state = model.init_state(1, slots)
+            model.prefill(prompt, torch.tensor([context]), state)
+            token = torch.tensor([1])
+            model.decode_step(token, torch.tensor([context]), state)  # warm-up step
+            start = time.perf_counter()
+            for t in range(1, new_tokens):
+                model.decode_step(token, torch.tensor([context + t]), state)
+            times.append((time.perf_counter() - start) / (new_tokens - 1))
+    return statistics.median(times), cache_bytes_in_use(model, state, context + new_tokens)
+
+
+def cache_bytes_in_use(model, state: dict, tokens: int) -> int:
+    """Llama: every cached token's K and V. DMC: the slots in use plus each head's running sums and ring."""
+    c = model.config
+    slot_bytes = 2 * c.head_dim * 4  # K and V, fp32
+    if c.attention != "dmc":
+        return c.n_layers * c.n_kv_heads * tokens * slot_bytes
+    fixed = sum(
+        state[f"{name}{i}"].nbytes
+        for i in range(c.n_layers)
+        for name in ("ksum", "vsum", "z", "glen", "ring_k", "ring_v", "ring_z", "slots")
+    )
+    return sum(state[f"slots{i}"].sum().item() for i in range(c.n_layers)) * slot_bytes + fixed
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    llama = build_from_config(CONFIG, seed=0)
+    dmc = dmc_from_llama(llama)
+    print(
+        f"{CONFIG.num_params() / 1e6:.1f}M params, MHA 8x64, fp32, batch 1, eager, {args.new_tokens} new tokens, "
+        f"median of {args.repeats}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"{'context':>7s} {'model':>8s} {'cache MiB':>10s} {'bytes ratio':>11s} {'x CR':>6s} {'TPOT ms':>8s} {'vs llama':>9s}"
+    )
+    for context in CONTEXTS:
+        base_tpot, base_bytes = decode_tpot(llama, context, context + args.new_tokens, args.new_tokens, args.repeats)
+        print(
+            f"{context:7d} {'llama':>8s} {base_bytes / 2**20:10.2f} {1:11.3f} {'':>6s} {base_tpot * 1e3:8.2f} {1:8.2f}x"
+        )
+        for ratio in RATIOS:
+            for layer in dmc.layers:
+                layer.attn.merge_period = ratio
+            slots = -(-context // ratio) + args.new_tokens
+            tpot, used = decode_tpot(dmc, context, slots, args.new_tokens, args.repeats)
+            share = used / base_bytes
+            print(
+                f"{context:7d} {'DMC CR' + str(ratio):>8s} {used / 2**20:10.2f} {share:11.3f} {share * ratio:6.2f} "
+                f"{tpot * 1e3:8.2f} {tpot / base_tpot:8.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
