@@ -70,7 +70,8 @@ def main(argv=None):
         f"median of {args.repeats}, {torch.get_num_threads()} threads"
     )
     print(
-        f"{'context':>7s} {'model':>8s} {'cache MiB':>10s} {'bytes ratio':>11s} {'x CR':>6s} {'TPOT ms':>8s} {'vs llama':>9s}"
+        f"{'context':>7s} {'model':>8s} {'cache MiB':>10s} {'bytes ratio':>11s} {'x CR':>6s} "
+        f"{'TPOT ms':>8s} {'vs llama':>9s}"
     )
     for context in CONTEXTS:
         base_tpot, base_bytes = decode_tpot(llama, context, context + args.new_tokens, args.new_tokens, args.repeats)
