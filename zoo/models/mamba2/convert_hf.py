@@ -7,14 +7,15 @@ from zoo.models.mamba2.config import Mamba2Config
 
 FORMAT = "HF Mamba2ForCausalLM (model_type mamba2)"
 
-RULES = [
-    (r"backbone\.embeddings\.weight", "embed.weight"),
+# everything but the embedding, which mamba_ssm checkpoints name differently (convert_mamba_ssm.py)
+TRUNK_RULES = [
     (r"backbone\.norm_f\.weight", "norm.weight"),
     (r"lm_head\.weight", "lm_head.weight"),
     (r"backbone\.layers\.(\d+)\.norm\.weight", r"layers.\1.norm.weight"),
     (r"backbone\.layers\.(\d+)\.mixer\.(in_proj|out_proj|conv1d|norm)\.(weight|bias)", r"layers.\1.mixer.\2.\3"),
     (r"backbone\.layers\.(\d+)\.mixer\.(dt_bias|A_log|D)", r"layers.\1.mixer.\2"),
 ]
+RULES = [(r"backbone\.embeddings\.weight", "embed.weight"), *TRUNK_RULES]
 
 
 def accepts(raw: dict) -> bool:

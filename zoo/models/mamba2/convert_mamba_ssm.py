@@ -12,19 +12,12 @@ import torch
 from zoo.checkpoint import convert_with_rules
 from zoo.errors import CheckpointError
 from zoo.models.mamba2.config import Mamba2Config
-from zoo.models.mamba2.convert_hf import dt_limit_from
+from zoo.models.mamba2.convert_hf import TRUNK_RULES, dt_limit_from
 
 FORMAT = "mamba_ssm (config.json with ssm_cfg, pytorch_model.bin)"
 WEIGHTS_FILE = "pytorch_model.bin"
 
-RULES = [
-    (r"backbone\.embedding\.weight", "embed.weight"),
-    (r"backbone\.norm_f\.weight", "norm.weight"),
-    (r"lm_head\.weight", "lm_head.weight"),
-    (r"backbone\.layers\.(\d+)\.norm\.weight", r"layers.\1.norm.weight"),
-    (r"backbone\.layers\.(\d+)\.mixer\.(in_proj|out_proj|conv1d|norm)\.(weight|bias)", r"layers.\1.mixer.\2.\3"),
-    (r"backbone\.layers\.(\d+)\.mixer\.(dt_bias|A_log|D)", r"layers.\1.mixer.\2"),
-]
+RULES = [(r"backbone\.embedding\.weight", "embed.weight"), *TRUNK_RULES]
 
 # Mamba2 module options whose other values change the math this family implements
 REQUIRED_SSM_OPTIONS = {"rmsnorm": True, "norm_before_gate": False, "D_has_hdim": False}
