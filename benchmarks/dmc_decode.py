@@ -1,11 +1,11 @@
 """Issue 3's figure: a DMC model whose decisions are set to give compression ratios 1, 2, 4 and 8
 (merge_period = CR: every CR-th token opens a slot), beside the plain Llama of the same size and
-weights, at context 512, 2048 and 8192, in one run: cache bytes in use and decode TPOT (eager, batch 1,
-fp32). The DMC cache is allocated for context / CR slots plus the new tokens, as a compressed cache is;
-the Llama's for the whole context. Targets: DMC cache bytes <= 1.1 / CR of the Llama's; at 8192 and
+weights, at context 512, 2048 and 8192, in one run: cache bytes in use and decode TPOT (batch 1, fp32;
+eager or compiled). The DMC cache is allocated for context / CR slots plus the new tokens, as a
+compressed cache is; the Llama's for the whole context. Targets: DMC cache bytes <= 1.1 / CR of the Llama's; at 8192 and
 CR 4, TPOT <= 0.6x the Llama's.
 
-    python -m benchmarks.dmc_decode [--new-tokens 32] [--repeats 3]
+    python -m benchmarks.dmc_decode [--new-tokens 32] [--repeats 3] [--contexts 512,2048,8192] [--backend torch]
 """
 
 import argparse
@@ -27,8 +27,9 @@ CONFIG = LlamaConfig(
 )
 
 
-def decode_tpot(model, context: int, slots: int, new_tokens: int, repeats: int) -> tuple[float, int]:
-    """(median TPOT over `repeats` decodes of new_tokens after a one-shot prefill, cache bytes in use)."""
+def decode_tpot(model, step, context: int, slots: int, new_tokens: int, repeats: int) -> tuple[float, int]:
+    """(median TPOT over `repeats` decodes of new_tokens after a one-shot prefill, cache bytes in use).
+    `step` is model.decode_step, eager or compiled."""
     prompt = torch.randint(0, CONFIG.vocab_size, (1, context), generator=torch.Generator().manual_seed(0))
     times = []
     with torch.inference_mode():
@@ -36,10 +37,10 @@ def decode_tpot(model, context: int, slots: int, new_tokens: int, repeats: int) 
             state = model.init_state(1, slots)
             model.prefill(prompt, torch.tensor([context]), state)
             token = torch.tensor([1])
-            model.decode_step(token, torch.tensor([context]), state)  # warm-up step
+            step(token, torch.tensor([context]), state)  # warm-up step (compiles the compiled backend)
             start = time.perf_counter()
             for t in range(1, new_tokens):
-                model.decode_step(token, torch.tensor([context + t]), state)
+                step(token, torch.tensor([context + t]), state)
             times.append((time.perf_counter() - start) / (new_tokens - 1))
     return statistics.median(times), cache_bytes_in_use(model, state, context + new_tokens)
 
@@ -62,19 +63,29 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
+    parser.add_argument("--backend", default="torch", choices=["torch", "compiled"])
     args = parser.parse_args(argv)
+    contexts = [int(c) for c in args.contexts.split(",")]
     llama = build_from_config(CONFIG, seed=0)
     dmc = dmc_from_llama(llama)
+    steps = {"llama": llama.decode_step, "dmc": dmc.decode_step}
+    if args.backend == "compiled":
+        from passes.backend import zoo_inductor
+
+        steps = {name: torch.compile(f, dynamic=False, backend=zoo_inductor) for name, f in steps.items()}
     print(
-        f"{CONFIG.num_params() / 1e6:.1f}M params, MHA 8x64, fp32, batch 1, eager, {args.new_tokens} new tokens, "
+        f"{CONFIG.num_params() / 1e6:.1f}M params, MHA 8x64, fp32, batch 1, {args.backend}, {args.new_tokens} new tokens, "
         f"median of {args.repeats}, {torch.get_num_threads()} threads"
     )
     print(
         f"{'context':>7s} {'model':>8s} {'cache MiB':>10s} {'bytes ratio':>11s} {'x CR':>6s} "
         f"{'TPOT ms':>8s} {'vs llama':>9s}"
     )
-    for context in CONTEXTS:
-        base_tpot, base_bytes = decode_tpot(llama, context, context + args.new_tokens, args.new_tokens, args.repeats)
+    for context in contexts:
+        base_tpot, base_bytes = decode_tpot(
+            llama, steps["llama"], context, context + args.new_tokens, args.new_tokens, args.repeats
+        )
         print(
             f"{context:7d} {'llama':>8s} {base_bytes / 2**20:10.2f} {1:11.3f} {'':>6s} {base_tpot * 1e3:8.2f} {1:8.2f}x"
         )
@@ -82,7 +93,7 @@ def main(argv=None):
             for layer in dmc.layers:
                 layer.attn.merge_period = ratio
             slots = -(-context // ratio) + args.new_tokens
-            tpot, used = decode_tpot(dmc, context, slots, args.new_tokens, args.repeats)
+            tpot, used = decode_tpot(dmc, steps["dmc"], context, slots, args.new_tokens, args.repeats)
             share = used / base_bytes
             print(
                 f"{context:7d} {'DMC CR' + str(ratio):>8s} {used / 2**20:10.2f} {share:11.3f} {share * ratio:6.2f} "
