@@ -75,7 +75,8 @@ def main(argv=None):
 
         steps = {name: torch.compile(f, dynamic=False, backend=zoo_inductor) for name, f in steps.items()}
     print(
-        f"{CONFIG.num_params() / 1e6:.1f}M params, MHA 8x64, fp32, batch 1, {args.backend}, {args.new_tokens} new tokens, "
+        f"{CONFIG.num_params() / 1e6:.1f}M params, MHA 8x64, fp32, batch 1, {args.backend}, "
+        f"{args.new_tokens} new tokens, "
         f"median of {args.repeats}, {torch.get_num_threads()} threads"
     )
     print(
