@@ -8,6 +8,7 @@ import json
 import os
 import statistics
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,8 +89,6 @@ class TimestampStreamer:
         self.times: list[float] = []
 
     def put(self, value):
-        import time
-
         self.times.append(time.perf_counter())
 
     def end(self):
@@ -108,8 +107,6 @@ class HFRunner:
         self(prompts, gen_len)
 
     def __call__(self, prompts, gen_len):
-        import time
-
         input_ids = torch.tensor(prompts, device=self.model.device)
         streamer = TimestampStreamer()
         start = time.perf_counter()

@@ -3,28 +3,15 @@
 import pytest
 import torch
 
-from zoo.registry import family_of
-
-HF_CLASSES = {  # model_type -> (config class, model class) names in transformers
-    "llama": ("LlamaConfig", "LlamaForCausalLM"),
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
-    "mamba2": ("Mamba2Config", "Mamba2ForCausalLM"),
-    "nemotron_h": ("NemotronHConfig", "NemotronHForCausalLM"),
-    "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
-    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM"),
-}
+from benchmarks.harness import build_hf_twin
 
 
 def make_hf_model(config, seed: int = 0):
-    """The HF twin of a zoo config (HF_CLASSES), with weights large enough that logits are O(1) and
-    differ between tokens (HF's 0.02 init makes every logit nearly 0)."""
+    """The HF twin of a zoo config (benchmarks.harness.build_hf_twin), with weights large enough that
+    logits are O(1) and differ between tokens (HF's 0.02 init makes every logit nearly 0)."""
     import transformers
 
-    hf_kwargs = family_of(config).hf_twin_converter.hf_config_from(config)
-    config_cls, model_cls = (getattr(transformers, name) for name in HF_CLASSES[hf_kwargs.pop("model_type")])
-    hf_config = config_cls(**hf_kwargs, bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    model = model_cls(hf_config).eval()
-    return informative_weights(model, seed)
+    return informative_weights(build_hf_twin(config, seed, transformers), seed)
 
 
 def informative_weights(model, seed: int = 0):
