@@ -5,7 +5,8 @@ eager or compiled). The DMC cache is allocated for context / CR slots plus the n
 compressed cache is; the Llama's for the whole context. Targets: DMC cache bytes <= 1.1 / CR of the Llama's; at 8192 and
 CR 4, TPOT <= 0.6x the Llama's.
 
-    python -m benchmarks.dmc_decode [--new-tokens 32] [--repeats 3] [--contexts 512,2048,8192] [--backend torch]
+    python -m benchmarks.dmc_decode [--new-tokens 32] [--repeats 3] [--contexts 512,2048,8192]
+        [--backends torch,compiled]
 """
 
 import argparse
@@ -27,22 +28,40 @@ CONFIG = LlamaConfig(
 )
 
 
-def decode_tpot(model, step, context: int, slots: int, new_tokens: int, repeats: int) -> tuple[float, int]:
-    """(median TPOT over `repeats` decodes of new_tokens after a one-shot prefill, cache bytes in use).
-    `step` is model.decode_step, eager or compiled."""
+def decode_step(model, backend: str):
+    """model.decode_step, eager or freshly compiled: each (model, context, CR) is its own static graph, and
+    dynamo's cache is cleared first so that these configurations never reach its recompile limit."""
+    if backend == "torch":
+        return model.decode_step
+    from passes.backend import zoo_inductor
+
+    torch._dynamo.reset()
+    return torch.compile(model.decode_step, dynamic=False, backend=zoo_inductor)
+
+
+def prefilled(model, context: int, slots: int) -> dict:
+    """The decode state after a one-shot prefill of a seeded random prompt of `context` tokens."""
     prompt = torch.randint(0, CONFIG.vocab_size, (1, context), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        state = model.init_state(1, slots)
+        model.prefill(prompt, torch.tensor([context]), state)
+    return state
+
+
+def decode_tpot(step, prefill_state: dict, context: int, new_tokens: int, repeats: int) -> tuple[float, dict]:
+    """(median TPOT over `repeats` decodes of new_tokens, each from a copy of the prefilled state; the state
+    the last one ended with)."""
     times = []
     with torch.inference_mode():
         for _ in range(repeats):
-            state = model.init_state(1, slots)
-            model.prefill(prompt, torch.tensor([context]), state)
+            state = {name: tensor.clone() for name, tensor in prefill_state.items()}
             token = torch.tensor([1])
             step(token, torch.tensor([context]), state)  # warm-up step (compiles the compiled backend)
             start = time.perf_counter()
             for t in range(1, new_tokens):
                 step(token, torch.tensor([context + t]), state)
             times.append((time.perf_counter() - start) / (new_tokens - 1))
-    return statistics.median(times), cache_bytes_in_use(model, state, context + new_tokens)
+    return statistics.median(times), state
 
 
 def cache_bytes_in_use(model, state: dict, tokens: int) -> int:
@@ -64,42 +83,39 @@ def main(argv=None):
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
-    parser.add_argument("--backend", default="torch", choices=["torch", "compiled"])
+    parser.add_argument("--backends", default="torch,compiled", help="comma-separated: torch, compiled")
     args = parser.parse_args(argv)
     contexts = [int(c) for c in args.contexts.split(",")]
+    backends = args.backends.split(",")
     llama = build_from_config(CONFIG, seed=0)
     dmc = dmc_from_llama(llama)
-    steps = {"llama": llama.decode_step, "dmc": dmc.decode_step}
-    if args.backend == "compiled":
-        from passes.backend import zoo_inductor
-
-        steps = {name: torch.compile(f, dynamic=False, backend=zoo_inductor) for name, f in steps.items()}
     print(
-        f"{CONFIG.num_params() / 1e6:.1f}M params, MHA 8x64, fp32, batch 1, {args.backend}, "
-        f"{args.new_tokens} new tokens, "
-        f"median of {args.repeats}, {torch.get_num_threads()} threads"
+        f"{CONFIG.num_params() / 1e6:.1f}M params, MHA 8x64, fp32, batch 1, {args.new_tokens} new tokens, "
+        f"median of {args.repeats}, {torch.get_num_threads()} threads; TPOT in ms, and its ratio to the Llama's"
     )
     print(
         f"{'context':>7s} {'model':>8s} {'cache MiB':>10s} {'bytes ratio':>11s} {'x CR':>6s} "
-        f"{'TPOT ms':>8s} {'vs llama':>9s}"
+        + " ".join(f"{b + ' TPOT':>14s} {'ratio':>6s}" for b in backends)
     )
     for context in contexts:
-        base_tpot, base_bytes = decode_tpot(
-            llama, steps["llama"], context, context + args.new_tokens, args.new_tokens, args.repeats
-        )
-        print(
-            f"{context:7d} {'llama':>8s} {base_bytes / 2**20:10.2f} {1:11.3f} {'':>6s} {base_tpot * 1e3:8.2f} {1:8.2f}x"
-        )
-        for ratio in RATIOS:
-            for layer in dmc.layers:
-                layer.attn.merge_period = ratio
-            slots = -(-context // ratio) + args.new_tokens
-            tpot, used = decode_tpot(dmc, steps["dmc"], context, slots, args.new_tokens, args.repeats)
-            share = used / base_bytes
-            print(
-                f"{context:7d} {'DMC CR' + str(ratio):>8s} {used / 2**20:10.2f} {share:11.3f} {share * ratio:6.2f} "
-                f"{tpot * 1e3:8.2f} {tpot / base_tpot:8.2f}x"
-            )
+        llama_tpot = {}
+        for name, ratio in [("llama", None), *((f"DMC CR{r}", r) for r in RATIOS)]:
+            if ratio is None:
+                model, slots = llama, context + args.new_tokens
+            else:
+                model, slots = dmc, -(-context // ratio) + args.new_tokens
+                for layer in dmc.layers:
+                    layer.attn.merge_period = ratio
+            state = prefilled(model, context, slots)
+            timings = []
+            for backend in backends:
+                tpot, final = decode_tpot(decode_step(model, backend), state, context, args.new_tokens, args.repeats)
+                llama_tpot.setdefault(backend, tpot)
+                timings.append(f"{tpot * 1e3:14.2f} {tpot / llama_tpot[backend]:5.2f}x")
+            used = cache_bytes_in_use(model, final, context + args.new_tokens)
+            share = used / cache_bytes_in_use(llama, {}, context + args.new_tokens)
+            times_cr = f"{share * ratio:6.2f}" if ratio else " " * 6
+            print(f"{context:7d} {name:>8s} {used / 2**20:10.2f} {share:11.3f} {times_cr} " + " ".join(timings))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ Backends:
 - "compiled": the decode step under torch.compile with the zoo backend (passes/backend.py: zoo graph
   passes, then inductor), with static shapes: the cache length is rounded up to a multiple of
   CACHE_BUCKET so that requests of similar size reuse one compiled graph.
+
+A compressed cache (DMC: fewer slots than tokens) is sized by the slots it holds, not by the tokens: the
+prefill gets room for the whole prompt, the cache is then cut to the slots in use plus headroom, and it
+grows by half whenever a head fills it (compressed_capacity), each size rounded up to CACHE_BUCKET.
 """
 
 import time
@@ -22,6 +26,19 @@ BACKENDS = ("torch", "compiled")
 ARTIFACT_BACKENDS = {"onnxruntime": ("onnxruntime", "onnx"), "tensorrt": ("tensorrt", "tensorrt")}
 WEIGHT_LAYOUTS = ("auto", "as-is", "row-major", "column-major")
 CACHE_BUCKET = 128
+
+
+def compressed_capacity(in_use: int, capacity: int, limit: int, after_prefill: bool = False) -> int:
+    """The slot capacity a compressed cache should have when its fullest head holds `in_use` slots: after
+    the prefill, the slots in use plus one; later, unchanged while a slot is free, else half as large
+    again. Rounded up to CACHE_BUCKET; never more than `limit` (prompt + new tokens, which always fit)."""
+    if after_prefill:
+        wanted = in_use + 1
+    elif in_use < capacity:
+        return capacity
+    else:
+        wanted = max(in_use + 1, capacity * 3 // 2)
+    return min(-(-wanted // CACHE_BUCKET) * CACHE_BUCKET, limit)
 
 
 def set_weight_layout(model: torch.nn.Module, layout: str) -> None:
@@ -49,7 +66,7 @@ class GenerationResult:
     tokens: list[list[int]]
     start_time: float
     token_times: list[float] = field(default_factory=list)  # token_times[i]: step i's tokens ready
-    state_bytes: int = 0  # bytes of the cache/state tensors allocated for the request
+    state_bytes: int = 0  # most bytes of cache/state tensors held while decoding (a DMC prefill briefly holds more)
     state_summary: dict = field(default_factory=dict)  # e.g. DMC's compression ratios (model.state_summary)
 
     @property
@@ -157,6 +174,12 @@ class Engine:
             needed = -(-needed // CACHE_BUCKET) * CACHE_BUCKET
         return min(needed, self.config.max_seq_len)
 
+    def fit_compressed_cache(self, state: dict, limit: int, after_prefill: bool = False) -> dict:
+        """Resize a compressed cache to compressed_capacity (a copy only when the capacity changes)."""
+        in_use, capacity = self.model.cache_slots(state)
+        wanted = compressed_capacity(in_use, capacity, limit, after_prefill)
+        return state if wanted == capacity else self.model.resize_cache(state, wanted)
+
     def warmup(self, prompts: list[list[int]], max_new_tokens: int) -> float:
         """Run the request's shapes once (this compiles the compiled backend's decode step); returns seconds."""
         start = time.perf_counter()
@@ -185,7 +208,7 @@ class Engine:
         """Generate up to max_new_tokens per prompt; a row stops after emitting an EOS id (kept in its output).
 
         cache_length: cache slots to allocate (default: longest prompt + max_new_tokens, bucketed for the
-        compiled backend).
+        compiled backend); for a compressed cache, the most it may grow to.
         """
         self.check_request(prompts, max_new_tokens)
         validate_sampling(temperature, top_k, top_p)
@@ -209,14 +232,14 @@ class Engine:
             raise ZooError(
                 f"cache_length={cache_length} must be in [{longest + max_new_tokens}, {self.config.max_seq_len}]"
             )
-        state = self.model.init_state(batch, cache_length)
+        compressed = getattr(self.model, "compressed_cache", False)
+        state = self.model.init_state(batch, longest if compressed else cache_length)
 
-        result = GenerationResult(
-            tokens=[[] for _ in prompts],
-            start_time=time.perf_counter(),
-            state_bytes=sum(t.nbytes for t in state.values()),
-        )
+        result = GenerationResult(tokens=[[] for _ in prompts], start_time=time.perf_counter())
         logits, state = self.model.prefill(input_ids, lengths, state)
+        if compressed:
+            state = self.fit_compressed_cache(state, cache_length, after_prefill=True)
+        result.state_bytes = sum(t.nbytes for t in state.values())
         positions = lengths
         finished = [False] * batch
         for step in range(max_new_tokens):
@@ -229,6 +252,9 @@ class Engine:
                     finished[row] = token in eos
             if all(finished) or step == max_new_tokens - 1:
                 break
+            if compressed:
+                state = self.fit_compressed_cache(state, cache_length)
+                result.state_bytes = max(result.state_bytes, sum(t.nbytes for t in state.values()))
             logits, state = self._decode(next_tokens, positions, state)
             positions = positions + 1
         if hasattr(self.model, "state_summary"):

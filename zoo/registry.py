@@ -113,7 +113,11 @@ def is_checkpoint_dir(name_or_path: str | os.PathLike) -> bool:
 
 
 def load_config(path: str | os.PathLike) -> tuple[ModelConfig, ModuleType | None]:
-    """(config, HF converter or None for a zoo-format directory) from `path`/config.json."""
+    """(config, HF converter or None for a zoo-format directory) from `path`/config.json, or from the args
+    inside a Megatron DMC checkpoint (converter: the dmc megatron module)."""
+    megatron_file = dmc_megatron.checkpoint_file(path)
+    if megatron_file is not None:
+        return dmc_megatron.read_config(megatron_file), dmc_megatron
     raw = checkpoint.read_config_json(path)
     if "zoo_family" in raw:
         family = FAMILIES.get(raw["zoo_family"])

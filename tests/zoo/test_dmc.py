@@ -1,6 +1,8 @@
 """DMC: the all-append case against HF Llama, cached decode against the eval forward with real merging,
 and the windowed / unbounded merge rules against a plain per-head loop."""
 
+import json
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -182,6 +184,50 @@ def test_generation_reports_compression():
     assert compression["overall"] > 1.5  # the merging weights do compress
 
 
+def test_engine_sizes_the_compressed_cache_by_slots_in_use(monkeypatch):
+    """The engine cuts the cache to the slots in use after prefill and grows it when a head fills it; the
+    tokens are those of a greedy decode with a cache sized for every token."""
+    from runtime import Engine, engine
+
+    monkeypatch.setattr(engine, "CACHE_BUCKET", 4)  # small buckets, so the cache grows several times
+    model = merging_dmc(12)
+    for layer in model.layers:
+        layer.attn.merge_period = 3  # every third token opens a slot: compression ratio 3
+    capacities, resize = [], model.resize_cache
+
+    def recorded_resize(state, capacity):
+        capacities.append(capacity)
+        return resize(state, capacity)
+
+    monkeypatch.setattr(model, "resize_cache", recorded_resize)
+    prompts, new = [list(range(1, 31)), [5, 6, 7]], 40
+    result = Engine.from_model(model).generate_with_stats(prompts, new)
+    with torch.no_grad():
+        state = model.init_state(2, 30 + new)
+        lengths = torch.tensor([30, 3])
+        logits, _ = model.prefill(torch.tensor([prompts[0], prompts[1] + [0] * 27]), lengths, state)
+        expected = [logits.argmax(-1)]
+        for t in range(new - 1):
+            logits, _ = model.decode_step(expected[-1], lengths + t, state)
+            expected.append(logits.argmax(-1))
+    assert result.tokens == torch.stack(expected, dim=1).tolist()
+    used = max(state[f"slots{i}"].max().item() for i in range(2))
+    assert capacities == [12, 20, 32]  # 10 slots + 1 after the prompt, then grown by half as heads filled
+    assert used == 23  # ceil(69 / 3)
+    full_cache_bytes = sum(t.nbytes for t in state.values())
+    assert result.state_bytes < 0.6 * full_cache_bytes
+
+
+def test_compressed_capacity_policy(monkeypatch):
+    from runtime import engine
+
+    monkeypatch.setattr(engine, "CACHE_BUCKET", 8)
+    assert engine.compressed_capacity(10, 40, 100, after_prefill=True) == 16  # cut to the slots in use + 1
+    assert engine.compressed_capacity(15, 16, 100) == 16  # a slot is free
+    assert engine.compressed_capacity(16, 16, 100) == 24  # full: half as large again
+    assert engine.compressed_capacity(64, 64, 70) == 70  # never past the limit
+
+
 def test_retrofit_cli_writes_a_dmc_checkpoint(tmp_path):
     zoo.save_pretrained(informative_weights(build_from_config(LLAMA)), tmp_path / "llama")
     result = CliRunner().invoke(
@@ -298,6 +344,9 @@ def test_megatron_checkpoint_import(tmp_path):
     ids = torch.randint(0, 97, (2, 17))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids), model(ids))
+    info = CliRunner().invoke(main, ["info", str(tmp_path), "--json"])
+    assert info.exit_code == 0, info.output
+    assert json.loads(info.output)["config"] == loaded.config.to_dict()
 
 
 def test_megatron_checkpoint_with_other_objects_is_refused(tmp_path):

@@ -23,18 +23,19 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 
 
 def cached_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor, scale: float
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, last_visible: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """One query per row against the cache, written out: softmax(q K^T * scale, slots <= positions[b]) V.
+    """One query per row against the cache, written out: softmax(q K^T * scale, slots <= last_visible) V.
 
-    q: (B, H, 1, D); caches: (B, Hkv, T, D); positions: (B,). The G = H / Hkv query heads that share a KV
-    head are laid out along the query axis, so no K/V head is repeated in memory.
+    q: (B, H, 1, D); caches: (B, Hkv, T, D); last_visible: (B,) per row or (B, Hkv) per KV head. The
+    G = H / Hkv query heads that share a KV head are laid out along the query axis, so no K/V head is
+    repeated in memory.
     """
     B, H, _, D = q.shape
     Hkv, T = k_cache.shape[1], k_cache.shape[2]
     q = q.reshape(B, Hkv, H // Hkv, D)
     scores = (q @ k_cache.transpose(-1, -2)).float() * scale  # (B, Hkv, G, T)
-    visible = torch.arange(T, device=q.device)[None, None, None, :] <= positions[:, None, None, None]
+    visible = torch.arange(T, device=q.device) <= last_visible.view(B, -1, 1, 1)
     probs = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1).to(v_cache.dtype)
     return (probs @ v_cache).reshape(B, H, 1, D)
 

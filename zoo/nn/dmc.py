@@ -20,7 +20,7 @@ the weighted inputs of the last W tokens, indexed by position % W. Sums are kept
 
 import torch
 
-from zoo.nn.attention import SelfAttention
+from zoo.nn.attention import SelfAttention, cached_attention
 from zoo.nn.rope import apply_rope
 
 EVAL_MASK = -50000.0  # the reference's additive mask for slots closed by a merge (SPECS 1.3)
@@ -136,6 +136,23 @@ class DMCAttention(SelfAttention):
             "ring_z": ((B, Hkv, W), f32),
         }
 
+    @staticmethod
+    def slots_in_use(state: dict) -> int:
+        """Slots held by the fullest (row, KV head) of this layer."""
+        return int(state["slots"].max())
+
+    @staticmethod
+    def resized(state: dict, capacity: int) -> dict:
+        """The slot tensors "k", "v" with room for `capacity` slots per head (>= slots in use), contents kept."""
+        resized = {}
+        for name in ("k", "v"):
+            old = state[name]
+            new = old.new_zeros(*old.shape[:2], capacity, old.shape[3])
+            kept = min(capacity, old.shape[2])
+            new[:, :, :kept] = old[:, :, :kept]
+            resized[name] = new
+        return resized
+
     def project_pre_rope(self, x: torch.Tensor):
         B, L, _ = x.shape
         q = self.wq(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
@@ -191,10 +208,15 @@ class DMCAttention(SelfAttention):
         last = (lengths - 1)[:, None, None]  # (B, 1, 1)
         next_appends = torch.cat([alpha[..., 1:] == 0, torch.ones_like(alpha[..., :1], dtype=torch.bool)], dim=-1)
         keep = (index <= last) & (next_appends | (index == last))
-        dest = torch.where(keep, keep.long().cumsum(-1) - 1, T - 1)  # dropped states go to the last slot
-        state["k"].scatter_(2, dest[..., None].expand(-1, -1, -1, D), k_slot)
-        state["v"].scatter_(2, dest[..., None].expand(-1, -1, -1, D), v_slot)
-        state["slots"].copy_(keep.sum(-1))
+        kept = keep.sum(-1)
+        if int(kept.max()) > T:
+            raise ValueError(f"the prompt needs {int(kept.max())} cache slots in a head; the cache holds {T}")
+        # the kept positions of each head first, in order (a stable sort), then gathered into slots 0..
+        n = min(T, L)
+        order = torch.sort((~keep).to(torch.uint8), dim=-1, stable=True).indices[..., :n, None].expand(-1, -1, -1, D)
+        state["k"][:, :, :n] = k_slot.gather(2, order)
+        state["v"][:, :, :n] = v_slot.gather(2, order)
+        state["slots"].copy_(kept)
         # the open slot's running state at the last prompt token
         at_last = last.expand(B, Hkv, 1)
         state["ksum"].copy_(acc[..., :D].gather(2, at_last[..., None].expand(-1, -1, -1, D))[:, :, 0])
@@ -221,7 +243,7 @@ class DMCAttention(SelfAttention):
         """One token per row at `positions` (B,): update the open slot or open a new one, per KV head
         (SPECS 1.2), then attend to each head's slots."""
         B = x.shape[0]
-        D, Hkv, G = self.head_dim, self.n_kv_heads, self.n_heads // self.n_kv_heads
+        D, Hkv = self.head_dim, self.n_kv_heads
         q, k, v = self.project_pre_rope(x)
         logits, omega = decisions(q, k, self.init_val)
         alpha = self.hard_decisions(logits[..., 0], positions[:, None])  # (B, Hkv)
@@ -246,15 +268,12 @@ class DMCAttention(SelfAttention):
             state[name].copy_(value)
         slots = state["slots"] + 1 - alpha.long()
         state["slots"].copy_(slots)
-        write = (slots - 1)[..., None, None].expand(-1, -1, 1, D)
-        k_new = self.rotate((ksum / z[..., None]).to(x.dtype)[:, :, None], rope)
-        state["k"].scatter_(2, write, k_new)
-        state["v"].scatter_(2, write, (vsum / z[..., None]).to(x.dtype)[:, :, None])
-        qg = self.rotate(q, rope).reshape(B, Hkv, G, D)
-        scores = (qg @ state["k"].transpose(-1, -2)).float() * self.scale  # (B, Hkv, G, T)
-        visible = torch.arange(state["k"].shape[2], device=x.device) < slots[..., None]
-        probs = scores.masked_fill(~visible[:, :, None], float("-inf")).softmax(dim=-1).to(state["v"].dtype)
-        return self.output((probs @ state["v"]).reshape(B, self.n_heads, 1, D))
+        # index_put into the slot each head writes (its open slot), in place also under torch.compile
+        rows, heads = torch.arange(B, device=x.device)[:, None], torch.arange(Hkv, device=x.device)
+        state["k"][rows, heads, slots - 1] = self.rotate((ksum / z[..., None]).to(x.dtype)[:, :, None], rope)[:, :, 0]
+        state["v"][rows, heads, slots - 1] = (vsum / z[..., None]).to(x.dtype)
+        attn = cached_attention(self.rotate(q, rope), state["k"], state["v"], slots - 1, self.scale)
+        return self.output(attn)
 
 
 def compression_ratios(state: dict, positions: torch.Tensor, n_layers: int) -> dict:

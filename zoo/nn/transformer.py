@@ -207,6 +207,25 @@ class DecoderLM(nn.Module):
         last = x[torch.arange(B, device=x.device), lengths - 1]
         return self.logits(last), state
 
+    @property
+    def compressed_cache(self) -> bool:
+        """Whether the cache holds fewer slots than tokens (DMC): its slot capacity then follows the slots in
+        use (cache_slots, resize_cache) instead of the token count."""
+        return self.config.attention == "dmc"
+
+    def cache_slots(self, state: dict[str, torch.Tensor]) -> tuple[int, int]:
+        """A compressed cache's (slots held by its fullest head over all layers, slot capacity per head)."""
+        views = (layer_view(state, layer.attn.state_names, i) for i, layer in enumerate(self.layers))
+        used = max(layer.attn.slots_in_use(view) for layer, view in zip(self.layers, views))
+        return used, state["k0"].shape[2]
+
+    def resize_cache(self, state: dict[str, torch.Tensor], capacity: int) -> dict[str, torch.Tensor]:
+        """A compressed cache with room for `capacity` slots per head (at least cache_slots' used)."""
+        for i, layer in enumerate(self.layers):
+            resized = layer.attn.resized(layer_view(state, layer.attn.state_names, i), capacity)
+            state.update({f"{name}{i}": tensor for name, tensor in resized.items()})
+        return state
+
     def state_summary(self, state: dict[str, torch.Tensor], cached_tokens: torch.Tensor) -> dict:
         """What the decode state reached for rows holding `cached_tokens` (B,) tokens: with DMC, the
         compression ratio per layer and overall (tokens over slots kept)."""

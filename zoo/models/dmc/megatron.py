@@ -56,11 +56,20 @@ def checkpoint_file(path) -> Path | None:
 
 
 def read(file: Path) -> dict:
+    """The checkpoint's dict ("model", "args", ...), its tensors memory-mapped (read from disk when used)."""
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(file, map_location="cpu", weights_only=True)
+            checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # UnpicklingError for a disallowed global, RuntimeError/EOFError for a bad file
         raise CheckpointError(f"cannot read {file} as a weights-only torch file: {exc}") from exc
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "args" not in checkpoint:
+        raise CheckpointError(f"{file}: expected a Megatron checkpoint with 'model' and 'args'")
+    return checkpoint
+
+
+def read_config(file: Path) -> DMCConfig:
+    """The model config of a Megatron checkpoint file, from the args stored in it."""
+    return config_from_args(read(file)["args"])
 
 
 def config_from_args(args: argparse.Namespace) -> DMCConfig:
@@ -98,8 +107,6 @@ def split_qkv(weight: torch.Tensor, config: DMCConfig) -> tuple[torch.Tensor, to
 def load(file: Path) -> tuple[DMCConfig, dict[str, torch.Tensor], list[str]]:
     """(config, zoo state dict, keys no rule maps) of a Megatron DMC checkpoint file."""
     checkpoint = read(file)
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "args" not in checkpoint:
-        raise CheckpointError(f"{file}: expected a Megatron checkpoint with 'model' and 'args'")
     config = config_from_args(checkpoint["args"])
     renamed, unexpected = rename_keys(checkpoint["model"], RULES, IGNORED)
     state = {}
