@@ -1,9 +1,9 @@
 """Issue 3's figure: a DMC model whose decisions are set to give compression ratios 1, 2, 4 and 8
 (merge_period = CR: every CR-th token opens a slot), beside the plain Llama of the same size and
-weights, at context 512, 2048 and 8192, in one run: cache bytes in use and decode TPOT (batch 1, fp32;
-eager or compiled). The DMC cache is allocated for context / CR slots plus the new tokens, as a
-compressed cache is; the Llama's for the whole context. Targets: DMC cache bytes <= 1.1 / CR of the Llama's; at 8192 and
-CR 4, TPOT <= 0.6x the Llama's.
+weights, at context 512, 2048 and 8192, in one run: cache bytes in use and decode TPOT (batch 1, fp32),
+eager and compiled, each from the same prefilled state. The DMC cache is allocated for context / CR
+slots plus the new tokens, as a compressed cache is; the Llama's for the whole context. Targets: DMC
+cache bytes <= 1.1 / CR of the Llama's; at 8192 and CR 4, TPOT <= 0.6x the Llama's.
 
     python -m benchmarks.dmc_decode [--new-tokens 32] [--repeats 3] [--contexts 512,2048,8192]
         [--backends torch,compiled]

@@ -218,6 +218,24 @@ def test_engine_sizes_the_compressed_cache_by_slots_in_use(monkeypatch):
     assert result.state_bytes < 0.6 * full_cache_bytes
 
 
+@pytest.mark.parametrize("period", [1, 2, 4, 8])
+def test_merge_period_gives_the_benchmarks_compression_ratio(period):
+    """benchmarks/dmc_decode.py sets decisions with merge_period: every head then holds ceil(tokens / P)
+    slots after a one-shot prefill and decoding, and the logits are the eval forward's."""
+    model = merging_dmc(12)
+    for layer in model.layers:
+        layer.attn.merge_period = period
+    ids = torch.randint(0, 97, (1, 29), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        state = model.init_state(1, 29)
+        model.prefill(ids[:, :21], torch.tensor([21]), state)
+        for t in range(21, 28):
+            logits, _ = model.decode_step(ids[:, t], torch.tensor([t]), state)
+        torch.testing.assert_close(logits, model(ids[:, :28])[:, -1], atol=1e-4, rtol=0)
+    for i in range(2):
+        assert (state[f"slots{i}"] == -(-28 // period)).all()
+
+
 def test_compressed_capacity_policy(monkeypatch):
     from runtime import engine
 
@@ -273,17 +291,23 @@ def test_dmc_loss_is_one_sided_and_trains_the_decision_channel():
     assert dmc_loss(model, target_cr=1.0).item() == 0.0  # prior 0: nothing to penalise
 
 
-def test_short_retrofit_raises_the_compression_ratio():
-    """The training forward, the loss and its rising target drive the hard (eval) decisions to merge."""
-    from zoo.models.dmc.retrofit import evaluate, retrofit
+def test_retrofit_on_text_reaches_cr_2_within_10_percent_loss():
+    """Issue 3's demonstration, scaled down (benchmarks/dmc_retrofit.py runs the larger one): a byte-level
+    Llama pretrained on Python's standard-library sources, converted and retrofitted towards CR 4. The hard
+    (inference) decisions must reach CR >= 2 with the held-out loss within 10% of the converted model's,
+    and within 10% of the plain Llama trained as many steps more (so the extra training alone does not
+    hide the cost of compressing)."""
+    from benchmarks.dmc_retrofit import demonstrate
 
-    torch.manual_seed(0)
-    model = dmc_from_llama(build_from_config(LLAMA))
-    data = torch.randint(0, 97, (64, 49), generator=torch.Generator().manual_seed(0))
-    _, start_cr = evaluate(model, data[:16])
-    history = retrofit(model, data, steps=30, target_cr=3.0, batch_size=16, lr=3e-2, eval_every=30)
-    assert start_cr == pytest.approx(1.0)
-    assert history[-1]["cr"] > 1.5 and not model.training
+    config = LlamaConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192, max_seq_len=256)
+    result = demonstrate(
+        config, corpus_bytes=400_000, seq_len=64, pretrain_steps=300, retrofit_steps=200, lr=3e-3, log=lambda _: None
+    )
+    start, final = result["history"][0], result["history"][-1]
+    assert start["cr"] == pytest.approx(1.0) and start["loss"] == pytest.approx(result["start_loss"])
+    assert final["cr"] >= 2.0
+    assert final["loss"] <= 1.1 * result["start_loss"]
+    assert final["loss"] <= 1.1 * result["control_loss"]
 
 
 def megatron_state(model) -> dict:

@@ -169,7 +169,8 @@ class DMCAttention(SelfAttention):
         """The full-sequence forward (SPECS 1.3). In eval mode: hard decisions, partial accumulations and
         the -50000 mask; with `state`, also the compressed cache at each row's `lengths` (one-shot
         prefill). In training mode: Gumbel-sigmoid decisions (temperature 0.1), soft accumulations and
-        the mask log(1 - alpha_{j+1}). Either way self.mean_decision holds each row's mean alpha (B,)."""
+        the mask log(1 - alpha_{j+1}). Either way self.mean_decision holds each row's mean hard decision (B,),
+        straight-through in training (the decisions the DMC loss counts, SPECS 1.3)."""
         B, L, _ = x.shape
         q, k, v = self.project_pre_rope(x)
         logits, omega = decisions(q, k, self.init_val)
@@ -182,7 +183,8 @@ class DMCAttention(SelfAttention):
             alpha = self.hard_decisions(logits, torch.arange(L, device=x.device))
             acc, weight = partial_accumulation(kv, alpha, omega, self.window)
             closed = EVAL_MASK * alpha[..., 1:]
-        self.mean_decision = alpha[..., 1:].mean(dim=(1, 2))
+        hard = alpha if not self.training else (alpha > 0.5).float() + alpha - alpha.detach()
+        self.mean_decision = hard[..., 1:].mean(dim=(1, 2))
         pooled = (acc / weight[..., None]).to(x.dtype)
         k_slot, v_slot = self.rotate(pooled[..., : self.head_dim], rope), pooled[..., self.head_dim :]
         # query i sees its own partial state, and state j < i while token j+1 did not merge into it
