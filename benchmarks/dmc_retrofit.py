@@ -4,7 +4,7 @@ towards a compression target, and print the held-out language-model loss and the
 hard (inference) decisions reach (target: CR >= 2 with the loss within 10% of the converted model's).
 A control continues the plain Llama for as many steps, to show what the extra training alone gives.
 
-    python -m benchmarks.dmc_retrofit [--pretrain-steps 1000] [--retrofit-steps 800] [--target-cr 4] [--lr 1e-3]
+    python -m benchmarks.dmc_retrofit [--pretrain-steps 1000] [--retrofit-steps 800] [--target-cr 2.5] [--lr 1e-3]
 """
 
 import argparse
@@ -69,7 +69,7 @@ def demonstrate(
     seq_len: int = 128,
     pretrain_steps: int = 1000,
     retrofit_steps: int = 800,
-    target_cr: float = 4.0,
+    target_cr: float = 2.5,
     lr: float = 1e-3,
     log=print,
 ) -> dict:
@@ -115,7 +115,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pretrain-steps", type=int, default=1000)
     parser.add_argument("--retrofit-steps", type=int, default=800)
-    parser.add_argument("--target-cr", type=float, default=4.0)
+    parser.add_argument("--target-cr", type=float, default=2.5)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3, help="Retrofit learning rate.")
     parser.add_argument("--json", default=None, help="Write the losses and the history here.")

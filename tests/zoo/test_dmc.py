@@ -184,6 +184,18 @@ def test_generation_reports_compression():
     assert compression["overall"] > 1.5  # the merging weights do compress
 
 
+def record_resizes(model, monkeypatch) -> list[int]:
+    """The capacities model.resize_cache is called with, from now on."""
+    capacities, resize = [], model.resize_cache
+
+    def recorded_resize(state, capacity):
+        capacities.append(capacity)
+        return resize(state, capacity)
+
+    monkeypatch.setattr(model, "resize_cache", recorded_resize)
+    return capacities
+
+
 def test_engine_sizes_the_compressed_cache_by_slots_in_use(monkeypatch):
     """The engine cuts the cache to the slots in use after prefill and grows it when a head fills it; the
     tokens are those of a greedy decode with a cache sized for every token."""
@@ -193,13 +205,7 @@ def test_engine_sizes_the_compressed_cache_by_slots_in_use(monkeypatch):
     model = merging_dmc(12)
     for layer in model.layers:
         layer.attn.merge_period = 3  # every third token opens a slot: compression ratio 3
-    capacities, resize = [], model.resize_cache
-
-    def recorded_resize(state, capacity):
-        capacities.append(capacity)
-        return resize(state, capacity)
-
-    monkeypatch.setattr(model, "resize_cache", recorded_resize)
+    capacities = record_resizes(model, monkeypatch)
     prompts, new = [list(range(1, 31)), [5, 6, 7]], 40
     result = Engine.from_model(model).generate_with_stats(prompts, new)
     with torch.no_grad():
@@ -234,6 +240,21 @@ def test_merge_period_gives_the_benchmarks_compression_ratio(period):
         torch.testing.assert_close(logits, model(ids[:, :28])[:, -1], atol=1e-4, rtol=0)
     for i in range(2):
         assert (state[f"slots{i}"] == -(-28 // period)).all()
+
+
+def test_compiled_engine_matches_eager_through_cache_growth(monkeypatch):
+    """The compiled decode step writes the ragged cache in place and recompiles as the cache grows."""
+    from runtime import Engine, engine
+
+    monkeypatch.setattr(engine, "CACHE_BUCKET", 8)
+    model = merging_dmc(12)
+    prompts = [list(range(1, 31)), [5, 6, 7], list(range(40, 51))]
+    eager = Engine.from_model(model, "torch").generate_with_stats(prompts, 24)
+    capacities = record_resizes(model, monkeypatch)
+    compiled = Engine.from_model(model, "compiled").generate_with_stats(prompts, 24)
+    assert len(capacities) >= 3  # cut after the prefill, then grown at least twice: three graphs
+    assert compiled.tokens == eager.tokens
+    assert compiled.state_summary == eager.state_summary
 
 
 def test_compressed_capacity_policy(monkeypatch):
@@ -301,7 +322,7 @@ def test_retrofit_on_text_reaches_cr_2_within_10_percent_loss():
 
     config = LlamaConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192, max_seq_len=256)
     result = demonstrate(
-        config, corpus_bytes=400_000, seq_len=64, pretrain_steps=300, retrofit_steps=200, lr=3e-3, log=lambda _: None
+        config, 400_000, seq_len=64, pretrain_steps=300, retrofit_steps=200, target_cr=4.0, lr=3e-3, log=lambda _: None
     )
     start, final = result["history"][0], result["history"][-1]
     assert start["cr"] == pytest.approx(1.0) and start["loss"] == pytest.approx(result["start_loss"])
