@@ -1,11 +1,12 @@
-"""Issue 3's figure: a DMC model whose decisions are set to give compression ratios 1, 2, 4 and 8
+"""Issue 3's figure: DMC models whose decisions are set to give compression ratios 1, 2, 4 and 8
 (merge_period = CR: every CR-th token opens a slot), beside the plain Llama of the same size and
 weights, at context 512, 2048 and 8192, in one run: cache bytes in use and decode TPOT (batch 1, fp32),
-eager and compiled, each from the same prefilled state. The DMC cache is allocated for context / CR
-slots plus the new tokens, as a compressed cache is; the Llama's for the whole context. Targets: DMC
-cache bytes <= 1.1 / CR of the Llama's; at 8192 and CR 4, TPOT <= 0.6x the Llama's.
+eager and compiled. Each configuration decodes from its own prefilled state, in rounds that time every
+configuration once, and the median round is reported. The DMC cache is allocated for context / CR slots
+plus the new tokens, as a compressed cache is; the Llama's for the whole context. Targets: DMC cache
+bytes <= 1.1 / CR of the Llama's; at 8192 and CR 4, TPOT <= 0.6x the Llama's.
 
-    python -m benchmarks.dmc_decode [--new-tokens 32] [--repeats 3] [--contexts 512,2048,8192]
+    python -m benchmarks.dmc_decode [--new-tokens 32] [--repeats 5] [--contexts 512,2048,8192]
         [--backends torch,compiled]
 """
 
@@ -29,13 +30,11 @@ CONFIG = LlamaConfig(
 
 
 def decode_step(model, backend: str):
-    """model.decode_step, eager or freshly compiled: each (model, context, CR) is its own static graph, and
-    dynamo's cache is cleared first so that these configurations never reach its recompile limit."""
+    """model.decode_step, eager or compiled (one static graph per model and cache size)."""
     if backend == "torch":
         return model.decode_step
     from passes.backend import zoo_inductor
 
-    torch._dynamo.reset()
     return torch.compile(model.decode_step, dynamic=False, backend=zoo_inductor)
 
 
@@ -48,20 +47,30 @@ def prefilled(model, context: int, slots: int) -> dict:
     return state
 
 
-def decode_tpot(step, prefill_state: dict, context: int, new_tokens: int, repeats: int) -> tuple[float, dict]:
-    """(median TPOT over `repeats` decodes of new_tokens, each from a copy of the prefilled state; the state
-    the last one ended with)."""
-    times = []
+def timed_decode(step, prefill_state: dict, context: int, new_tokens: int) -> tuple[float, dict]:
+    """(seconds per token over new_tokens - 1 decode steps after one untimed step, from a copy of the
+    prefilled state; the state it ended with)."""
+    state = {name: tensor.clone() for name, tensor in prefill_state.items()}
+    token = torch.tensor([1])
     with torch.inference_mode():
-        for _ in range(repeats):
-            state = {name: tensor.clone() for name, tensor in prefill_state.items()}
-            token = torch.tensor([1])
-            step(token, torch.tensor([context]), state)  # warm-up step (compiles the compiled backend)
-            start = time.perf_counter()
-            for t in range(1, new_tokens):
-                step(token, torch.tensor([context + t]), state)
-            times.append((time.perf_counter() - start) / (new_tokens - 1))
-    return statistics.median(times), state
+        step(token, torch.tensor([context]), state)
+        start = time.perf_counter()
+        for t in range(1, new_tokens):
+            step(token, torch.tensor([context + t]), state)
+    return (time.perf_counter() - start) / (new_tokens - 1), state
+
+
+def interleaved_tpot(steps: dict, states: dict, context: int, new_tokens: int, repeats: int):
+    """Median TPOT per configuration, over `repeats` rounds that each time every configuration once, so
+    that a slow spell of the machine hits all of them alike; and each one's final state."""
+    for name, step in steps.items():  # warm-up (compiles the compiled backend)
+        timed_decode(step, states[name], context, 2)
+    times, finals = {name: [] for name in steps}, {}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            seconds, finals[name] = timed_decode(step, states[name], context, new_tokens)
+            times[name].append(seconds)
+    return {name: statistics.median(t) for name, t in times.items()}, finals
 
 
 def cache_bytes_in_use(model, state: dict, tokens: int) -> int:
@@ -81,41 +90,46 @@ def cache_bytes_in_use(model, state: dict, tokens: int) -> int:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
     parser.add_argument("--backends", default="torch,compiled", help="comma-separated: torch, compiled")
     args = parser.parse_args(argv)
     contexts = [int(c) for c in args.contexts.split(",")]
     backends = args.backends.split(",")
     llama = build_from_config(CONFIG, seed=0)
-    dmc = dmc_from_llama(llama)
+    models, ratios = {"llama": llama}, {"llama": None}
+    for ratio in RATIOS:  # one model per ratio (same weights), so that every configuration stays compiled
+        name = f"DMC CR{ratio}"
+        models[name], ratios[name] = dmc_from_llama(llama), ratio
+        for layer in models[name].layers:
+            layer.attn.merge_period = ratio
     print(
         f"{CONFIG.num_params() / 1e6:.1f}M params, MHA 8x64, fp32, batch 1, {args.new_tokens} new tokens, "
-        f"median of {args.repeats}, {torch.get_num_threads()} threads; TPOT in ms, and its ratio to the Llama's"
+        f"median of {args.repeats} interleaved rounds, {torch.get_num_threads()} threads; TPOT in ms, and its "
+        "ratio to the Llama's"
     )
     print(
         f"{'context':>7s} {'model':>8s} {'cache MiB':>10s} {'bytes ratio':>11s} {'x CR':>6s} "
         + " ".join(f"{b + ' TPOT':>14s} {'ratio':>6s}" for b in backends)
     )
     for context in contexts:
-        llama_tpot = {}
-        for name, ratio in [("llama", None), *((f"DMC CR{r}", r) for r in RATIOS)]:
-            if ratio is None:
-                model, slots = llama, context + args.new_tokens
-            else:
-                model, slots = dmc, -(-context // ratio) + args.new_tokens
-                for layer in dmc.layers:
-                    layer.attn.merge_period = ratio
-            state = prefilled(model, context, slots)
-            timings = []
-            for backend in backends:
-                tpot, final = decode_tpot(decode_step(model, backend), state, context, args.new_tokens, args.repeats)
-                llama_tpot.setdefault(backend, tpot)
-                timings.append(f"{tpot * 1e3:14.2f} {tpot / llama_tpot[backend]:5.2f}x")
-            used = cache_bytes_in_use(model, final, context + args.new_tokens)
-            share = used / cache_bytes_in_use(llama, {}, context + args.new_tokens)
+        # the Llama's cache holds every token; a DMC cache context / CR slots plus the new tokens
+        slots = {name: -(-context // (ratio or 1)) + args.new_tokens for name, ratio in ratios.items()}
+        states = {name: prefilled(model, context, slots[name]) for name, model in models.items()}
+        tpot = {}
+        for backend in backends:
+            torch._dynamo.reset()  # five graphs per context, well under dynamo's recompile limit
+            steps = {name: decode_step(model, backend) for name, model in models.items()}
+            tpot[backend], finals = interleaved_tpot(steps, states, context, args.new_tokens, args.repeats)
+        llama_bytes = cache_bytes_in_use(llama, {}, context + args.new_tokens)
+        for name, model in models.items():
+            used, ratio = cache_bytes_in_use(model, finals[name], context + args.new_tokens), ratios[name]
+            share = used / llama_bytes
             times_cr = f"{share * ratio:6.2f}" if ratio else " " * 6
-            print(f"{context:7d} {name:>8s} {used / 2**20:10.2f} {share:11.3f} {times_cr} " + " ".join(timings))
+            timings = " ".join(
+                f"{tpot[b][name] * 1e3:14.2f} {tpot[b][name] / tpot[b]['llama']:5.2f}x" for b in backends
+            )
+            print(f"{context:7d} {name:>8s} {used / 2**20:10.2f} {share:11.3f} {times_cr} {timings}")
 
 
 if __name__ == "__main__":
