@@ -143,7 +143,7 @@ def test_prefill_cache_holds_the_loops_slots(window):
     positions = torch.arange(25).expand(2, 25)
     with torch.no_grad():
         attn(x, model.rope(positions, x.dtype), state, lengths)
-        q, k, v = attn.project_pre_rope(x)
+        q, k, v = attn.project(x, rope=None)
         logits, omega = decisions(q, k, attn.init_val)
     alpha = (logits > 0).float()
     alpha[..., 0] = 0

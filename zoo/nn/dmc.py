@@ -153,13 +153,6 @@ class DMCAttention(SelfAttention):
             resized[name] = new
         return resized
 
-    def project_pre_rope(self, x: torch.Tensor):
-        B, L, _ = x.shape
-        q = self.wq(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        return q, k, v
-
     def rotate(self, t: torch.Tensor, rope) -> torch.Tensor:
         """RoPE with channel D-1 zeroed on the way in and out (SPECS 1.1)."""
         t = zero_last_channel(t)
@@ -172,7 +165,7 @@ class DMCAttention(SelfAttention):
         the mask log(1 - alpha_{j+1}). Either way self.mean_decision holds each row's mean hard decision (B,),
         straight-through in training (the decisions the DMC loss counts, SPECS 1.3)."""
         B, L, _ = x.shape
-        q, k, v = self.project_pre_rope(x)
+        q, k, v = self.project(x, rope=None)  # pre-RoPE: decisions read them
         logits, omega = decisions(q, k, self.init_val)
         kv = torch.cat([zero_last_channel(k), v], dim=-1)
         if self.training:
@@ -246,7 +239,7 @@ class DMCAttention(SelfAttention):
         (SPECS 1.2), then attend to each head's slots."""
         B = x.shape[0]
         D, Hkv = self.head_dim, self.n_kv_heads
-        q, k, v = self.project_pre_rope(x)
+        q, k, v = self.project(x, rope=None)  # pre-RoPE: decisions read them
         logits, omega = decisions(q, k, self.init_val)
         alpha = self.hard_decisions(logits[..., 0], positions[:, None])  # (B, Hkv)
         omega = omega[..., 0]
@@ -280,8 +273,7 @@ class DMCAttention(SelfAttention):
 
 def compression_ratios(state: dict, positions: torch.Tensor, n_layers: int) -> dict:
     """Tokens seen over slots kept, per layer and overall. positions: (B,), the next position per row."""
-    tokens = positions.sum().item()
-    per_layer = [tokens * state[f"slots{i}"].shape[1] / state[f"slots{i}"].sum().item() for i in range(n_layers)]
-    slots = sum(state[f"slots{i}"].sum().item() for i in range(n_layers))
-    overall = tokens * state["slots0"].shape[1] * n_layers / slots
-    return {"per_layer": per_layer, "overall": overall}
+    head_tokens = positions.sum().item() * state["slots0"].shape[1]  # every KV head sees every token
+    layer_slots = [state[f"slots{i}"].sum().item() for i in range(n_layers)]
+    per_layer = [head_tokens / slots for slots in layer_slots]
+    return {"per_layer": per_layer, "overall": head_tokens * n_layers / sum(layer_slots)}
