@@ -145,16 +145,12 @@ def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, d
     """Load a checkpoint directory in a format some family imports (HF LlamaForCausalLM, GPT2LMHeadModel,
     Mamba2ForCausalLM, NemotronHForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM, mamba_ssm, Megatron
     DMC) or in the zoo format."""
-    megatron_file = dmc_megatron.checkpoint_file(path)
-    if megatron_file is not None:  # config and weights come together in one Megatron pickle
-        config, tensors, unexpected = dmc_megatron.load(megatron_file)
-    else:
-        config, converter = load_config(path)
-        load_tensors = getattr(converter, "load_tensors", checkpoint.load_safetensors_dir)
-        tensors = load_tensors(path)
-        unexpected: list[str] = []
-        if converter is not None:
-            tensors, unexpected = converter.state_dict_from_hf(tensors, config)
+    config, converter = load_config(path)
+    load_tensors = getattr(converter, "load_tensors", checkpoint.load_safetensors_dir)
+    tensors = load_tensors(path)
+    unexpected: list[str] = []
+    if converter is not None:
+        tensors, unexpected = converter.state_dict_from_hf(tensors, config)
     checkpoint_dtype = next(iter(tensors.values())).dtype
     model = _allocate(config).to(checkpoint_dtype)
     checkpoint.load_state_dict_strict(model, tensors, str(path), unexpected)

@@ -401,3 +401,12 @@ def test_megatron_checkpoint_with_other_objects_is_refused(tmp_path):
     torch.save({"model": {}, "args": args}, tmp_path / "mp_rank_00" / "model_optim_rng.pt")
     with pytest.raises(zoo.CheckpointError, match="weights-only"):
         zoo.from_pretrained(tmp_path)
+
+
+def test_megatron_checkpoint_without_decoder_layers_is_refused(tmp_path):
+    model = zoo.build("dmc-tiny")
+    (tmp_path / "mp_rank_00").mkdir()
+    tensors = {"embedding.word_embeddings.weight": model.embed.weight.detach()}  # a file with no layers
+    torch.save({"model": tensors, "args": megatron_args(model.config)}, tmp_path / "mp_rank_00" / "model_optim_rng.pt")
+    with pytest.raises(zoo.CheckpointError, match="model_optim_rng.pt: no Megatron-Core decoder layers"):
+        zoo.from_pretrained(tmp_path)

@@ -104,11 +104,19 @@ def split_qkv(weight: torch.Tensor, config: DMCConfig) -> tuple[torch.Tensor, to
     return q.reshape(-1, weight.shape[1]), k.reshape(-1, weight.shape[1]), v.reshape(-1, weight.shape[1])
 
 
-def load(file: Path) -> tuple[DMCConfig, dict[str, torch.Tensor], list[str]]:
-    """(config, zoo state dict, keys no rule maps) of a Megatron DMC checkpoint file."""
-    checkpoint = read(file)
-    config = config_from_args(checkpoint["args"])
-    renamed, unexpected = rename_keys(checkpoint["model"], RULES, IGNORED)
+def load_tensors(path) -> dict[str, torch.Tensor]:
+    """The rank-0 state dict of a Megatron checkpoint directory, its tensors memory-mapped."""
+    file = checkpoint_file(path)
+    tensors = read(file)["model"]
+    if not any(re.match(_LAYER + r"self_attention\.linear_qkv\.weight", key) for key in tensors):
+        raise CheckpointError(f"{file}: no Megatron-Core decoder layers found (decoder.layers.N.self_attention...)")
+    return tensors
+
+
+def state_dict_from_hf(tensors: dict[str, torch.Tensor], config: DMCConfig):
+    """(zoo state dict, keys no rule maps) from Megatron-Core tensors (the converter interface that
+    registry.from_pretrained calls, named after its HF converters)."""
+    renamed, unexpected = rename_keys(tensors, RULES, IGNORED)
     state = {}
     for key, tensor in renamed.items():
         if key.endswith(".attn.linear_qkv"):
@@ -121,6 +129,4 @@ def load(file: Path) -> tuple[DMCConfig, dict[str, torch.Tensor], list[str]]:
             state[prefix + "w_gate.weight"], state[prefix + "w_up.weight"] = gate.contiguous(), up.contiguous()
         else:
             state[key] = tensor
-    if not any(re.match(r"layers\.\d+\.attn\.wq", k) for k in state):
-        raise CheckpointError(f"{file}: no Megatron-Core decoder layers found (decoder.layers.N.self_attention...)")
-    return config, state, unexpected
+    return state, unexpected
