@@ -8,13 +8,14 @@ A control continues the plain Llama for as many steps, to show what the extra tr
 """
 
 import argparse
+import itertools
 import json
 import sysconfig
 from pathlib import Path
 
 import torch
 
-from zoo.models.dmc.retrofit import dmc_from_llama, evaluate, retrofit
+from zoo.models.dmc.retrofit import dmc_from_llama, evaluate, next_token_loss, random_batches, retrofit
 from zoo.models.llama import LlamaConfig
 from zoo.registry import build_from_config
 
@@ -42,11 +43,9 @@ def train_lm(model, data: torch.Tensor, steps: int, lr: float, batch_size: int =
     """Plain next-token training on random rows of `data` (N, L+1): the pretraining, and the control that
     continues the Llama for as many steps as the retrofit (the same batches: same seed and batch size)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(steps):
-        batch = data[torch.randint(0, len(data), (batch_size,), generator=generator)]
-        loss = torch.nn.functional.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
+    for batch in itertools.islice(random_batches(data, batch_size, seed), steps):
+        loss = next_token_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -55,8 +54,7 @@ def train_lm(model, data: torch.Tensor, steps: int, lr: float, batch_size: int =
 
 @torch.no_grad()
 def lm_loss(model, batch: torch.Tensor) -> float:
-    logits = model(batch[:, :-1])
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten()).item()
+    return next_token_loss(model, batch).item()
 
 
 # The demonstration's model: 0.85M parameters, bytes as tokens

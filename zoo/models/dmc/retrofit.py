@@ -46,6 +46,19 @@ def dmc_from_llama(llama_model, window: int = 12, init_val: float = 5.0, zero_ro
     return model
 
 
+def next_token_loss(model, batch: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting batch[:, 1:] from batch[:, :-1] (B, L+1)."""
+    logits = model(batch[:, :-1])
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+
+
+def random_batches(data: torch.Tensor, batch_size: int, seed: int):
+    """Endless batches of random rows of `data`; the same seed gives the same batches."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        yield data[torch.randint(0, len(data), (batch_size,), generator=generator)]
+
+
 def dmc_loss(model, target_cr: float) -> torch.Tensor:
     """One-sided compression loss of the last forward (SPECS 1.3): mean over the batch of
     relu(prior - mean over layers of the mean decision), prior = 1 - 1 / target_cr. It penalises only
@@ -68,8 +81,7 @@ def evaluate(model, batch: torch.Tensor) -> tuple[float, float]:
     The ratio is 1 / (1 - mean merge rate) over layers, heads and positions after the first."""
     was_training = model.training
     model.eval()
-    logits = model(batch[:, :-1])
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten()).item()
+    loss = next_token_loss(model, batch).item()
     merged = torch.stack([layer.attn.mean_decision for layer in model.layers]).mean().item()
     model.train(was_training)
     return loss, 1.0 / (1.0 - merged)
@@ -88,7 +100,7 @@ def retrofit(
 ) -> list[dict]:
     """Train `model` (a DMC model) on rows of `data` (N, L+1) with LM loss + dmc_loss under a rising
     target. Returns the evaluation history: step, target, loss, compression ratio."""
-    generator = torch.Generator().manual_seed(seed)
+    batches = random_batches(data, batch_size, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     eval_batch = data[:batch_size] if eval_batch is None else eval_batch
     history = []
@@ -99,10 +111,7 @@ def retrofit(
             history.append({"step": step, "target_cr": target_at(step, steps, target_cr), "loss": loss, "cr": ratio})
         if step == steps:
             break
-        batch = data[torch.randint(0, len(data), (batch_size,), generator=generator)]
-        logits = model(batch[:, :-1])
-        lm = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
-        loss = lm + dmc_loss(model, target_at(step, steps, target_cr))
+        loss = next_token_loss(model, next(batches)) + dmc_loss(model, target_at(step, steps, target_cr))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
