@@ -137,9 +137,9 @@ class DMCAttention(SelfAttention):
         }
 
     @staticmethod
-    def slots_in_use(state: dict) -> int:
-        """Slots held by the fullest (row, KV head) of this layer."""
-        return int(state["slots"].max())
+    def slots_in_use(state: dict) -> torch.Tensor:
+        """Slots held by the fullest (row, KV head) of this layer (a 0-d tensor: the caller syncs once)."""
+        return state["slots"].max()
 
     @staticmethod
     def resized(state: dict, capacity: int) -> dict:

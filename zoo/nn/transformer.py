@@ -216,8 +216,8 @@ class DecoderLM(nn.Module):
     def cache_slots(self, state: dict[str, torch.Tensor]) -> tuple[int, int]:
         """A compressed cache's (slots held by its fullest head over all layers, slot capacity per head)."""
         views = (layer_view(state, layer.attn.state_names, i) for i, layer in enumerate(self.layers))
-        used = max(layer.attn.slots_in_use(view) for layer, view in zip(self.layers, views))
-        return used, state["k0"].shape[2]
+        used = torch.stack([layer.attn.slots_in_use(view) for layer, view in zip(self.layers, views)]).max()
+        return int(used), state["k0"].shape[2]  # one device sync per call: the engine asks every step
 
     def resize_cache(self, state: dict[str, torch.Tensor], capacity: int) -> dict[str, torch.Tensor]:
         """A compressed cache with room for `capacity` slots per head (at least cache_slots' used)."""
