@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from runtime.engine import decode_step_of
 from zoo.models.dmc.retrofit import dmc_from_llama
 from zoo.models.llama import LlamaConfig
 from zoo.registry import build_from_config
@@ -27,15 +28,6 @@ RATIOS = (1, 2, 4, 8)
 CONFIG = LlamaConfig(
     vocab_size=32000, d_model=512, n_layers=8, n_heads=8, d_ff=1408, max_seq_len=8192 + 256, tie_embeddings=True
 )
-
-
-def decode_step(model, backend: str):
-    """model.decode_step, eager or compiled (one static graph per model and cache size)."""
-    if backend == "torch":
-        return model.decode_step
-    from passes.backend import zoo_inductor
-
-    return torch.compile(model.decode_step, dynamic=False, backend=zoo_inductor)
 
 
 def prefilled(model, context: int, slots: int) -> dict:
@@ -119,7 +111,7 @@ def main(argv=None):
         tpot = {}
         for backend in backends:
             torch._dynamo.reset()  # five graphs per context, well under dynamo's recompile limit
-            steps = {name: decode_step(model, backend) for name, model in models.items()}
+            steps = {name: decode_step_of(model, backend) for name, model in models.items()}
             tpot[backend], finals = interleaved_tpot(steps, states, context, args.new_tokens, args.repeats)
         llama_bytes = cache_bytes_in_use(llama, {}, context + args.new_tokens)
         for name, model in models.items():

@@ -96,6 +96,18 @@ def check_backend(name: str) -> None:
     )
 
 
+def decode_step_of(model: torch.nn.Module, backend: str):
+    """model.decode_step as a backend runs it: as is ("torch"), or under torch.compile with the zoo backend
+    and static shapes ("compiled"; one graph per cache size)."""
+    check_backend(backend)
+    if backend == "torch":
+        return model.decode_step
+    from passes.backend import zoo_inductor
+
+    fullgraph = getattr(model, "static_graph", True)  # data-dependent MoE dispatch breaks the graph
+    return torch.compile(model.decode_step, fullgraph=fullgraph, dynamic=False, backend=zoo_inductor)
+
+
 class Engine:
     """Generation over a model's prefill / decode_step.
 
@@ -107,7 +119,7 @@ class Engine:
     """
 
     def __init__(self, model: torch.nn.Module, backend: str = "torch", weight_layout: str = "auto"):
-        check_backend(backend)
+        self._decode = decode_step_of(model, backend)  # raises first for a backend that cannot run
         if weight_layout not in WEIGHT_LAYOUTS:
             raise ZooError(f"unknown weight layout {weight_layout!r}; available: {', '.join(WEIGHT_LAYOUTS)}")
         if weight_layout == "auto" and next(model.parameters()).device.type != "cpu":
@@ -116,13 +128,6 @@ class Engine:
         self.model = model.eval()
         self.config = model.config
         self.backend = backend
-        if backend == "compiled":
-            from passes.backend import zoo_inductor
-
-            fullgraph = getattr(model, "static_graph", True)  # data-dependent MoE dispatch breaks the graph
-            self._decode = torch.compile(model.decode_step, fullgraph=fullgraph, dynamic=False, backend=zoo_inductor)
-        else:
-            self._decode = model.decode_step
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, backend: str = "torch", weight_layout: str = "auto") -> "Engine":
