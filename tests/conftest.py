@@ -1,9 +1,16 @@
-"""Shared fixtures: tiny HF twins of zoo configs, written as real checkpoint directories."""
+"""Shared fixtures: tiny HF twins of zoo configs, written as real checkpoint directories.
 
-import pytest
-import torch
+Triton kernels run on CPU tensors under Triton's interpreter, which must be switched on before triton is
+imported (zoo.ops.kernels); sm_90 compilation (zoo.ops.triton_aot) works with it on."""
 
-from benchmarks.harness import build_hf_twin
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.harness import build_hf_twin  # noqa: E402
 
 
 def make_hf_model(config, seed: int = 0):
