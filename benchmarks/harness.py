@@ -3,6 +3,7 @@ bound per configuration, reference-system-time figures and, optionally, HF trans
 the same weights. Metrics are defined in runtime/metrics.py; the JSON report follows REPORT_SCHEMA.
 """
 
+import contextlib
 import itertools
 import json
 import os
@@ -142,9 +143,21 @@ def load_target(target: str, dtype: torch.dtype, seed: int, compare: str | None)
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(target, dtype=dtype).eval()
         return from_pretrained(target, dtype=dtype), hf_model
     hf_model = build_hf_twin(get_config(target), seed, transformers).to(dtype)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, quiet_hf_progress(transformers):
         hf_model.save_pretrained(tmp)
         return from_pretrained(tmp, dtype=dtype), hf_model
+
+
+@contextlib.contextmanager
+def quiet_hf_progress(transformers):
+    """No HF progress bars (e.g. "Writing model shards") in the benchmark's output."""
+    was_enabled = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers.utils.logging.enable_progress_bar()
 
 
 def build_hf_twin(config, seed: int, transformers):
@@ -192,24 +205,30 @@ def summarise(runs: list[Run], config, batch, prompt_len, gen_len, dtype, machin
     return summary
 
 
-def run_bench(target: str, grid: Grid, compare: str | None = None, device="cpu", progress=None) -> dict:
-    """Run the grid and return the report (REPORT_SCHEMA). `progress(advance)` is called after each point."""
+def run_bench(target: str, grid: Grid, compare: str | None = None, device="cpu", progress=None, status=None) -> dict:
+    """Run the grid and return the report (REPORT_SCHEMA). `progress(advance)` is called after each point,
+    `status(text)` before each phase (loading, machine measurements, calibration)."""
+    status = status or (lambda text: None)
     from runtime.engine import check_backend
 
     for backend in grid.backends:
         check_backend(backend)
     dtype = getattr(torch, grid.dtype)
+    status(f"loading {target}")
     model, hf_model = load_target(target, dtype, grid.seed, compare)
     config = model.config
     grid.validate(config.max_seq_len)
+    status("measuring memory bandwidth and matmul throughput")
     machine_figures = {
         "read_bandwidth_bytes_per_s": machine.measure_read_bandwidth(device),
         "copy_bandwidth_bytes_per_s": machine.measure_bandwidth(device),
         "matmul_flops_per_s": machine.measure_matmul_flops(device, dtype),
-        "calibration_s": machine.calibration_seconds(),
-        "reference_calibration_s": machine.REFERENCE_CALIBRATION_S,
-        "reference_machine": machine.REFERENCE_MACHINE,
     }
+    status("calibrating the reference system time")
+    machine_figures |= machine.calibrate()
+    machine_figures["reference_calibration_s"] = machine.REFERENCE_CALIBRATION_S
+    machine_figures["reference_machine"] = machine.REFERENCE_MACHINE
+    status("benchmarking")
     runners = [ZooRunner(model, backend) for backend in grid.backends]
     if hf_model is not None:
         runners.append(HFRunner(hf_model, config))
@@ -294,18 +313,42 @@ def compare_to_peer(results: list[dict], peer: str) -> list[dict]:
     return comparisons
 
 
-def write_json_atomically(report: dict, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def is_bench_report(path: Path) -> bool:
+    """Whether `path` holds a JSON report this benchmark wrote (so a new run may replace it)."""
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(report, dict) and {"schema_version", "grid", "results"} <= set(report)
+
+
+PLOT_MARK = b"zoo bench plot"  # in the PNG's Description text chunk
+
+
+def is_bench_plot(path: Path) -> bool:
+    """Whether `path` is a PNG this benchmark drew."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and PLOT_MARK in head
+
+
+def check_outputs(json_path: str | None, plot_path: str | None) -> None:
+    """Fail before benchmarking when a --json / --plot destination cannot be written."""
+    from zoo.checkpoint import check_output_file
+
+    if json_path:
+        check_output_file(json_path, is_bench_report, "zoo bench JSON report")
+    if plot_path:
+        check_output_file(plot_path, is_bench_plot, "zoo bench plot")
+
+
+def write_json_atomically(report: dict, path: str | os.PathLike) -> Path:
+    from zoo.checkpoint import write_file_atomically
+
+    return write_file_atomically(path, lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
 
 
 def plot(report: dict, path: str | os.PathLike) -> Path:
@@ -319,14 +362,20 @@ def plot(report: dict, path: str | os.PathLike) -> Path:
 
     results = report["results"]
     runners = list(dict.fromkeys(r["runner"] for r in results))
+    colour = {runner: plt.get_cmap("tab10")(i % 10) for i, runner in enumerate(runners)}  # same in both panels
+    line_styles = ("-", "--", ":", "-.")
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    curves = sorted({(r["batch"], r["gen_len"]) for r in results})
     for runner, batch, gen_len in sorted({(r["runner"], r["batch"], r["gen_len"]) for r in results}):
         points = sorted(
             (r["prompt_len"], r["summary"]["tpot_s"] * 1e3)
             for r in results
             if (r["runner"], r["batch"], r["gen_len"]) == (runner, batch, gen_len)
         )
-        left.plot(*zip(*points), marker="o", label=f"{runner}, batch {batch}, gen {gen_len}")
+        style = line_styles[curves.index((batch, gen_len)) % len(line_styles)]
+        left.plot(
+            *zip(*points), style, marker="o", color=colour[runner], label=f"{runner}, batch {batch}, gen {gen_len}"
+        )
     left.set(xlabel="prompt length (tokens)", ylabel="TPOT (ms)", title="TPOT against context length")
     left.legend(fontsize=7)
     groups = sorted({(r["batch"], r["prompt_len"], r["gen_len"]) for r in results})
@@ -337,21 +386,24 @@ def plot(report: dict, path: str | os.PathLike) -> Path:
             for r in results
             if r["runner"] == runner
         }
-        right.bar([g + i * width for g in range(len(groups))], [values.get(g, 0) for g in groups], width, label=runner)
+        right.bar(
+            [g + i * width for g in range(len(groups))],
+            [values.get(g, 0) for g in groups],
+            width,
+            label=runner,
+            color=colour[runner],
+        )
     right.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
     right.set_xticklabels([f"b{b} p{p} g{n}" for b, p, n in groups], rotation=30, fontsize=7)
     right.set(ylabel="TPOT (ms)", title="TPOT by runner")
     right.legend(fontsize=7)
     fig.suptitle(f"zoo bench {report['target']} ({report['environment']['cpu']})")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    from zoo.checkpoint import write_file_atomically
+
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        return write_file_atomically(
+            path, lambda tmp: fig.savefig(tmp, dpi=100, format="png", metadata={"Description": PLOT_MARK.decode()})
+        )
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path

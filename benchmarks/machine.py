@@ -10,18 +10,18 @@ import time
 import torch
 
 # Reference system time (after Kaddour et al. 2023, "No Train No Gain", which maps compute time on any
-# machine to a reference machine). Calibration: `calibration_seconds()` times a fixed workload (greedy
-# decode of a fixed, seeded 4-layer Llama, batch 1, prompt 32, 64 new tokens, eager backend, fp32,
-# median of 5), which mixes the per-op overhead and memory streaming that decode latency is made of.
-# A figure t measured here is reported as t * REFERENCE_CALIBRATION_S / calibration_seconds() in
+# machine to a reference machine). Calibration: `calibrate()` times a fixed workload (greedy decode of a
+# fixed, seeded 4-layer Llama, batch 1, prompt 32, 64 new tokens, eager backend, fp32; median of 9 after 3
+# warm-up runs), which mixes the per-op overhead and memory streaming that decode latency is made of.
+# A figure t measured here is reported as t * REFERENCE_CALIBRATION_S / calibration in
 # reference-machine seconds. The reference machine is this project's CI machine kind: 2 cores of an AMD
 # EPYC (AVX-512), 24 GiB, torch 2.13.0+cpu; measured there on 2026-11-22 (median of 5 calibrations).
 REFERENCE_CALIBRATION_S = 0.128
 REFERENCE_MACHINE = "2-core AMD EPYC (AVX-512) CPU, torch 2.13.0+cpu, 2026-11-22"
 
 
-def median_time(fn, repeats: int, warmup: int = 1) -> float:
-    """Median seconds of `repeats` calls of fn() after `warmup` unmeasured calls."""
+def call_times(fn, repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of `repeats` calls of fn() after `warmup` unmeasured calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -29,7 +29,12 @@ def median_time(fn, repeats: int, warmup: int = 1) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of `repeats` calls of fn() after `warmup` unmeasured calls."""
+    return statistics.median(call_times(fn, repeats, warmup))
 
 
 def _sync(device: torch.device):
@@ -76,8 +81,22 @@ def measure_matmul_flops(device="cpu", dtype=torch.float32, size: int = 1024, re
     return 2 * size**3 / median_time(matmul, repeats)
 
 
-def calibration_seconds(repeats: int = 5) -> float:
-    """The fixed reference-system-time workload (see REFERENCE_CALIBRATION_S)."""
+def calibrate(repeats: int = 9, warmup: int = 3) -> dict:
+    """The reference-system-time calibration (see REFERENCE_CALIBRATION_S): the workload's median seconds,
+    every measured run, and the spread (interquartile range over the median; 0 for a quiet machine).
+    Warm-up runs take the one-off costs (allocator growth, first-call dispatch) out of the figure."""
+    runs = calibration_runs(repeats, warmup)
+    quartiles = statistics.quantiles(runs, n=4)
+    median = statistics.median(runs)
+    return {
+        "calibration_s": median,
+        "calibration_runs_s": runs,
+        "calibration_spread": (quartiles[2] - quartiles[0]) / median,
+    }
+
+
+def calibration_runs(repeats: int, warmup: int) -> list[float]:
+    """Seconds of each run of the fixed reference-system-time workload."""
     from runtime import Engine
     from zoo.models.llama import LlamaConfig
     from zoo.registry import build_from_config
@@ -86,7 +105,7 @@ def calibration_seconds(repeats: int = 5) -> float:
     engine = Engine.from_model(build_from_config(config, seed=0), "torch", weight_layout="row-major")
     prompt = [list(range(1, 33))]
     with torch.random.fork_rng(devices=[]):
-        return median_time(lambda: engine.generate(prompt, 64), repeats)
+        return call_times(lambda: engine.generate(prompt, 64), repeats, warmup)
 
 
 def to_reference_seconds(seconds: float, calibration_s: float) -> float:

@@ -151,7 +151,7 @@ class Engine:
 
         return "row-major" if self.backend == "compiled" and batch <= MAX_ROWS else "column-major"
 
-    def check_request(self, prompts: list[list[int]], max_new_tokens: int) -> None:
+    def check_request(self, prompts: list[list[int]], max_new_tokens: int, eos: set[int] = frozenset()) -> None:
         if not prompts:
             raise ZooError("no prompts given")
         if max_new_tokens < 1:
@@ -172,6 +172,9 @@ class Engine:
             bad = [t for t in prompt if not 0 <= t < vocab]
             if bad:
                 raise ZooError(f"prompt {i} has token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+        bad_eos = sorted(t for t in eos if not 0 <= t < vocab)
+        if bad_eos:
+            raise ZooError(f"EOS token ids outside the vocabulary [0, {vocab}): {bad_eos[:5]}")
 
     def cache_length(self, longest_prompt: int, max_new_tokens: int) -> int:
         needed = longest_prompt + max_new_tokens
@@ -215,7 +218,8 @@ class Engine:
         cache_length: cache slots to allocate (default: longest prompt + max_new_tokens, bucketed for the
         compiled backend); for a compressed cache, the most it may grow to.
         """
-        self.check_request(prompts, max_new_tokens)
+        eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+        self.check_request(prompts, max_new_tokens, eos)
         validate_sampling(temperature, top_k, top_p)
         set_weight_layout(self.model, self.layout_for(len(prompts)))
         device = self.device
@@ -223,7 +227,6 @@ class Engine:
         if temperature > 0:
             generator = torch.Generator(device=device)
             generator.manual_seed(seed if seed is not None else torch.seed())
-        eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
 
         batch = len(prompts)
         lengths = torch.tensor([len(p) for p in prompts], device=device)

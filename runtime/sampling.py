@@ -1,6 +1,14 @@
 """Next-token selection: greedy, or temperature / top-k / top-p sampling with an explicit generator."""
 
+import math
+
 import torch
+
+from zoo.errors import ZooError
+
+
+class SamplingError(ZooError, ValueError):
+    """Sampling options out of their range."""
 
 
 def select_next_tokens(
@@ -29,9 +37,10 @@ def select_next_tokens(
 
 
 def validate_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    """Reject sampling options that mean nothing, greedy decoding (temperature 0) included."""
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise SamplingError(f"temperature must be a finite number >= 0 (0 is greedy), got {temperature}")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise SamplingError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:  # also false for NaN
+        raise SamplingError(f"top_p must be in (0, 1], got {top_p}")

@@ -33,11 +33,30 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def format_table(rows: list[dict], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines)
+TABLE_WIDTH = 100  # `zoo list` and `zoo info` fit a 100-column terminal
+
+
+def print_table(title: str | None, columns: list[str], rows: list[list[str]], right: tuple[str, ...] = ()) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=TABLE_WIDTH, soft_wrap=False, highlight=False).print(table)
+
+
+def status_line(text: str, quiet: bool):
+    """A spinner with `text` on stderr while a slow step runs (nothing with `quiet`, e.g. under --json)."""
+    import contextlib
+
+    if quiet:
+        return contextlib.nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(text)
 
 
 def torch_dtype(name: str | None):
@@ -58,7 +77,12 @@ class ZooGroup(click.Group):
 
 @click.group(cls=ZooGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main():
-    """graph-zoo: efficient LLM architectures, compiled to fused graphs, ONNX and TensorRT."""
+    """graph-zoo: efficient LLM architectures in readable PyTorch. List and inspect the registered models,
+    generate with the eager or torch.compile backend, convert checkpoints (DMC retrofit, MoE upcycling)
+    and benchmark latency.
+
+    Exit codes: 0 success; 1 bad input or a failed operation, reported on one line starting "Error:";
+    2 a usage error (a missing, unknown or malformed option)."""
 
 
 @main.command("list")
@@ -71,8 +95,9 @@ def list_command(as_json: bool):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    shown = [{**r, "params": human_count(r["params"])} for r in rows]
-    click.echo(format_table(shown, ["name", "family", "params", "layers", "d_model", "context"]))
+    columns = ["name", "family", "params", "layers", "d_model", "context"]
+    shown = [[r["name"], r["family"], human_count(r["params"]), *(f"{r[c]:,}" for c in columns[3:])] for r in rows]
+    print_table(None, columns, shown, right=("params", "layers", "d_model", "context"))
 
 
 @main.command("info")
@@ -103,6 +128,7 @@ def info_command(name: str, as_json: bool):
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
+    rows = []
     for key, value in info.items():
         if key == "config":
             continue
@@ -110,17 +136,26 @@ def info_command(name: str, as_json: bool):
             value = f"{value:,} ({human_count(value)})"
         elif key.startswith(("cache_bytes", "state_bytes")):
             value = f"{value:,} ({human_bytes(value)})"
-        click.echo(f"{key:30s} {value}")
+        elif isinstance(value, int):
+            value = f"{value:,}"
+        rows.append([key, str(value)])
+    print_table(None, ["field", "value"], rows)
+
+
+def parse_int_list(value: str, option: str) -> list[int]:
+    """'1,2, 3' -> [1, 2, 3]; an empty list or an empty item ('1,,2') is a usage error."""
+    items = value.replace(" ", "").split(",")
+    try:
+        numbers = [int(t) for t in items]
+    except ValueError:
+        empty = "" in items
+        what = "has an empty item" if empty else "is not a comma-separated list of integers"
+        raise click.BadParameter(f"{value!r} {what}", param_hint=option) from None
+    return numbers
 
 
 def parse_prompt_ids(values: tuple[str, ...]) -> list[list[int]]:
-    prompts = []
-    for value in values:
-        try:
-            prompts.append([int(t) for t in value.replace(" ", "").split(",") if t])
-        except ValueError:
-            raise click.BadParameter(f"{value!r} is not a comma-separated list of integers", param_hint="--prompt-ids")
-    return prompts
+    return [parse_int_list(value, "--prompt-ids") for value in values]
 
 
 def load_tokenizer(path: str):
@@ -129,7 +164,10 @@ def load_tokenizer(path: str):
         raise ZooError(f"--prompt needs a checkpoint directory with tokenizer.json; {path} has none (use --prompt-ids)")
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(tokenizer_file))
+    try:
+        return Tokenizer.from_file(str(tokenizer_file))
+    except Exception as exc:  # tokenizers raises a bare Exception for a malformed file
+        raise ZooError(f"{tokenizer_file} is not a valid tokenizers file: {str(exc).splitlines()[0]}") from exc
 
 
 @main.command("generate")
@@ -137,9 +175,11 @@ def load_tokenizer(path: str):
 @click.option("--prompt-ids", multiple=True, help="Comma-separated token ids; repeat for a batch.")
 @click.option("--prompt", "prompt_texts", multiple=True, help="Text (needs tokenizer.json in MODEL); repeatable.")
 @click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--temperature", default=0.0, show_default=True, type=float, help="0 is greedy.")
-@click.option("--top-k", type=int, default=None)
-@click.option("--top-p", type=float, default=None)
+@click.option("--temperature", default=0.0, show_default=True, type=float, help="0 is greedy; must be >= 0.")
+@click.option("--top-k", type=int, default=None, help="Sample from the k most likely tokens (k >= 1).")
+@click.option(
+    "--top-p", type=float, default=None, help="Nucleus sampling: the smallest set with mass >= p, p in (0, 1]."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed and random-weight seed.")
 @click.option("--eos-id", type=int, multiple=True, help="Stop a prompt after this token id; repeatable.")
 @click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "compiled"]))
@@ -155,14 +195,20 @@ def generate_command(
 ):
     """Generate from MODEL, a registered name (seeded random weights) or a checkpoint directory."""
     from runtime import Engine
+    from runtime.sampling import validate_sampling
 
     if bool(prompt_ids) == bool(prompt_texts):
         raise click.UsageError("give either --prompt-ids or --prompt")
+    validate_sampling(temperature, top_k, top_p)
     tokenizer = load_tokenizer(model) if prompt_texts else None
     prompts = parse_prompt_ids(prompt_ids) if prompt_ids else [tokenizer.encode(t).ids for t in prompt_texts]
     engine = Engine.load(model, backend=backend, dtype=torch_dtype(dtype), seed=seed)
+    engine.check_request(prompts, max_new_tokens, set(eos_id))  # before a slow compile
     if backend == "compiled":
-        click.echo(f"compiled the decode step in {engine.warmup(prompts, max_new_tokens):.1f} s", err=True)
+        with status_line("compiling the decode step (torch.compile)", quiet=as_json):
+            seconds = engine.warmup(prompts, max_new_tokens)
+        if not as_json:
+            click.echo(f"compiled the decode step in {seconds:.1f} s", err=True)
     result = engine.generate_with_stats(
         prompts,
         max_new_tokens,
@@ -209,13 +255,22 @@ def generate_command(
     "--seed", type=int, default=0, show_default=True, help="Router initialisation (and random weights of a name)."
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to write the MoE checkpoint.")
-def upcycle_command(source, experts, granularity, top_k, routing, seed, out):
-    """Upcycle a dense model into a fine-grained MoE (virtual-group init and weight scaling, SPECS 3.2)."""
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing zoo checkpoint at --out (other files in it are kept). A non-empty directory "
+    "that is not a zoo checkpoint is always refused.",
+)
+def upcycle_command(source, experts, granularity, top_k, routing, seed, out, overwrite):
+    """Upcycle a dense model into a fine-grained MoE (virtual-group initialisation and weight scaling,
+    docs/algorithms.md section 3.2)."""
+    from zoo.checkpoint import check_output_directory
     from zoo.models.moe.upcycle import upcycle
     from zoo.registry import load_model, save_pretrained
 
+    check_output_directory(out, overwrite)  # before any work
     moe = upcycle(load_model(source, seed=seed), experts, granularity, top_k, routing, seed=seed)
-    save_pretrained(moe, out)
+    save_pretrained(moe, out, overwrite=overwrite)
     c = moe.config
     click.echo(
         f"wrote {out}: {c.n_experts} experts of width {c.d_expert}, top-{c.top_k}, {c.routing}, "
@@ -228,21 +283,26 @@ def upcycle_command(source, experts, granularity, top_k, routing, seed, out):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to write the DMC checkpoint.")
 @click.option("--window", type=click.IntRange(min=0), default=12, show_default=True, help="0: unbounded mean.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random weights of a model name.")
-def retrofit_dmc_command(source, out, window, seed):
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing zoo checkpoint at --out (other files in it are kept). A non-empty directory "
+    "that is not a zoo checkpoint is always refused.",
+)
+def retrofit_dmc_command(source, out, window, seed, overwrite):
     """Turn a Llama checkpoint into a DMC checkpoint (stage 1 of the recipe: decision rows zeroed)."""
+    from zoo.checkpoint import check_output_directory
     from zoo.models.dmc.retrofit import dmc_from_llama
     from zoo.registry import load_model, save_pretrained
 
+    check_output_directory(out, overwrite)  # before any work
     model = dmc_from_llama(load_model(source, seed=seed), window=window)
-    save_pretrained(model, out)
+    save_pretrained(model, out, overwrite=overwrite)
     click.echo(f"wrote {out}: DMC ({model.config.n_layers} layers, window {window}), decision rows zeroed")
 
 
 def int_list(ctx, param, value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in value.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
+    return tuple(parse_int_list(value, param.opts[0])) if value.strip() else ()
 
 
 def name_list(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -258,7 +318,7 @@ def name_list(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
     default=("torch",),
     show_default=True,
     callback=name_list,
-    help="Comma-separated or repeated: torch, compiled (onnxruntime, tensorrt: once artifacts exist).",
+    help="Comma-separated or repeated: torch, compiled.",
 )
 @click.option("--batch", default="1", show_default=True, callback=int_list, help="Comma-separated batch sizes.")
 @click.option(
@@ -276,9 +336,19 @@ def name_list(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option(
     "--compare", type=click.Choice(["hf"]), default=None, help="Run a peer on the same weights and print ratios."
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report here.")
 @click.option(
-    "--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG of TPOT curves and bars."
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the full report here (its directory must exist; an existing file must be an earlier report).",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write a PNG of TPOT curves and bars (its directory must exist; an existing file must be an earlier plot).",
 )
 def bench_command(
     target, backends, batch, prompt_len, gen_len, dtype, warmup, repeats, seed, compare, json_path, plot_path
@@ -288,14 +358,21 @@ def bench_command(
     from rich.console import Console
     from rich.progress import Progress
 
-    from benchmarks.harness import Grid, plot, run_bench, write_json_atomically
+    from benchmarks.harness import Grid, check_outputs, plot, run_bench, write_json_atomically
 
+    check_outputs(json_path, plot_path)  # before the benchmark runs
     grid = Grid(backends, batch, prompt_len, gen_len, dtype=dtype, warmup=warmup, repeats=repeats, seed=seed)
     points = len(grid.points()) * (len(backends) + (compare is not None))
     console = Console(stderr=True)
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("benchmarking", total=points)
-        report = run_bench(target, grid, compare=compare, progress=lambda n: progress.advance(task, n))
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("starting", total=points)
+        report = run_bench(
+            target,
+            grid,
+            compare=compare,
+            progress=lambda n: progress.advance(task, n),
+            status=lambda text: progress.update(task, description=text),
+        )
     print_bench_tables(report)
     if json_path:
         write_json_atomically(report, json_path)

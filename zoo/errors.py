@@ -20,6 +20,10 @@ class ContextLengthError(ZooError, ValueError):
     """A request that does not fit in the model's context."""
 
 
+class OutputError(ZooError):
+    """An output path that cannot be written, or whose contents writing would destroy."""
+
+
 class MissingDependencyError(ZooError, ImportError):
     """An optional dependency that a feature needs is not installed."""
 

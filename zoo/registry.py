@@ -108,8 +108,24 @@ def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, device="
     return build_from_config(get_config(name), seed=seed, dtype=dtype, device=device)
 
 
+def looks_like_path(name_or_path: str | os.PathLike) -> bool:
+    """Whether a command-line argument names a path rather than a registered model (model names have no
+    path separator and do not start with '.' or '~')."""
+    text = str(name_or_path)
+    return os.sep in text or text.startswith((".", "~")) or (os.altsep is not None and os.altsep in text)
+
+
 def is_checkpoint_dir(name_or_path: str | os.PathLike) -> bool:
-    return Path(name_or_path).is_dir()
+    """True for an existing directory; an error for a path that is missing or is a file (a model name is
+    neither: False)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return True
+    if path.exists():
+        raise CheckpointError(f"{name_or_path} is a file; expected a checkpoint directory or a model name")
+    if looks_like_path(name_or_path):
+        raise CheckpointError(f"no such directory: {name_or_path}")
+    return False
 
 
 def load_config(path: str | os.PathLike) -> tuple[ModelConfig, ModuleType | None]:
@@ -157,9 +173,11 @@ def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, d
     return model.to(device=device, dtype=dtype or checkpoint_dtype).eval()
 
 
-def save_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> Path:
-    """Write `model` as a zoo-format directory (config.json + model.safetensors), atomically."""
-    return checkpoint.save_zoo_checkpoint(path, model.config.family, model.config.to_dict(), model.state_dict())
+def save_pretrained(model: torch.nn.Module, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write `model` as a zoo-format directory (config.json + model.safetensors), atomically. An existing
+    zoo checkpoint at `path` is replaced only with `overwrite`; any other non-empty directory is refused."""
+    config = model.config
+    return checkpoint.save_zoo_checkpoint(path, config.family, config.to_dict(), model.state_dict(), overwrite)
 
 
 def load_model(name_or_path: str, dtype: torch.dtype | None = None, seed: int = 0, device="cpu"):

@@ -92,7 +92,9 @@ def test_failed_write_leaves_previous_directory_intact(tmp_path):
         (tmp / "partial").write_text("half")
         raise RuntimeError("disk full")
 
+    (target / "tokenizer.json").write_text("user's")  # carried over on a successful replace, kept on failure
     with pytest.raises(RuntimeError, match="disk full"):
-        write_directory_atomically(target, failing_write)
+        write_directory_atomically(target, failing_write, overwrite=True)
+    assert (target / "tokenizer.json").read_text() == "user's"
     assert (target / "model.safetensors").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary directory left behind

@@ -1,7 +1,7 @@
 """state-spaces mamba_ssm checkpoints (config.json with ssm_cfg + pytorch_model.bin) -> zoo mamba2.
 
-The .bin file is a pickle; it is read with torch.load(weights_only=True), which refuses anything but
-tensors and plain containers.
+The .bin file is a pickle; zoo.checkpoint.load_weights_only reads it with torch.load(weights_only=True),
+which refuses anything but tensors and plain containers.
 """
 
 import math
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from zoo.checkpoint import convert_with_rules
+from zoo.checkpoint import convert_with_rules, load_weights_only
 from zoo.errors import CheckpointError
 from zoo.models.mamba2.config import Mamba2Config
 from zoo.models.mamba2.convert_hf import TRUNK_RULES, dt_limit_from
@@ -63,10 +63,10 @@ def load_tensors(path) -> dict[str, torch.Tensor]:
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{path} has no {WEIGHTS_FILE} (the mamba_ssm layout)")
-    try:
-        return torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises UnpicklingError, RuntimeError, EOFError, ... on bad files
-        raise CheckpointError(f"cannot read {weights} as a weights-only torch file: {exc}") from exc
+    tensors = load_weights_only(weights)
+    if not isinstance(tensors, dict):
+        raise CheckpointError(f"{weights} holds a {type(tensors).__name__}, not a dict of tensors")
+    return tensors
 
 
 def state_dict_from_hf(tensors: dict, config: Mamba2Config):
