@@ -3,10 +3,9 @@
 Recognises: `call_function` nodes of `torch._C._nn.linear` (F.linear) in a Dynamo FX graph whose input
 has at most `max_rows` rows (static shapes), and replaces y = x W^T + b with
 y = (x[..., None, :] * W).sum(-1) + b. Inductor lowers that to one vectorised loop that streams every
-contiguous row of a row-major W once, which on CPU beats BLAS for one or two rows (llama-small decode
-step, 2 cores: 6.7 ms against 9.3 ms for eager BLAS on column-major weights at batch 1; 11.9 against
-15.0 ms at batch 2; 19.7 against 17.3 ms at batch 4). With more rows the weight is streamed once per row
-and BLAS wins, so larger inputs are left alone (MAX_ROWS).
+contiguous row of a row-major W once, which on CPU beats BLAS for one or two rows (figures in
+docs/architecture.md). With more rows the weight is streamed once per row and BLAS wins, so larger inputs
+are left alone (MAX_ROWS).
 The numerics are those of a matmul up to summation order.
 """
 

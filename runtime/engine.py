@@ -44,10 +44,9 @@ def compressed_capacity(in_use: int, capacity: int, limit: int, after_prefill: b
 def set_weight_layout(model: torch.nn.Module, layout: str) -> None:
     """Re-lay every weight matrix in place: same shapes and values, row-major or transposed strides.
 
-    Which layout streams fastest depends on the kernel that reads it (llama-small fp32 decode, 2 CPU
-    cores): MKL/oneDNN read a column-major weight faster at every batch size tried (batch 1, all matrices:
-    7.2 ms against 11.0 ms row-major; compiled decode step at batch 8: 40.6 ms row-major); the compiled
-    backend's matvec rewrite (passes/matvec_pass.py, batch <= MAX_ROWS) wants row-major.
+    Which layout streams fastest depends on the kernel that reads it: on CPU, MKL/oneDNN read a
+    column-major weight faster at every batch size tried; the compiled backend's matvec rewrite
+    (passes/matvec_pass.py, batch <= MAX_ROWS) wants row-major (figures in docs/architecture.md).
     """
     with torch.no_grad():
         for param in model.parameters():

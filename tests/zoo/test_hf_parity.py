@@ -101,6 +101,9 @@ def test_bfloat16_checkpoint_keeps_fp32_rope(hf_checkpoint):
     model = zoo.from_pretrained(path, dtype=torch.bfloat16)
     assert model.embed.weight.dtype == torch.bfloat16
     assert model.rotary.inv_freq.dtype == torch.float32
-    ids = torch.randint(0, config.vocab_size, (1, 16))
+    ids = torch.randint(0, config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).float(), hf_model(ids).logits, atol=0.1, rtol=0.05)
+        ours, reference = model(ids).float(), hf_model(ids).logits
+    # a whole bf16 forward against fp32: relative L2 error within the documented whole-model bf16 tolerance
+    # (2e-2; rounding alone gives about 1e-2 here, a wrong scale or rotation gives O(1))
+    assert (ours - reference).norm() / reference.norm() < 2e-2
