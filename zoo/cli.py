@@ -301,6 +301,90 @@ def retrofit_dmc_command(source, out, window, seed, overwrite):
     click.echo(f"wrote {out}: DMC ({model.config.n_layers} layers, window {window}), decision rows zeroed")
 
 
+@main.command("passes")
+@click.argument("model")
+@click.option("--phase", type=click.Choice(["prefill", "decode"]), default="decode", show_default=True)
+@click.option("--unfused", is_flag=True, help="Run the decomposition (standard ATen ops only) instead of fusion.")
+@click.option("--disable", "disabled", multiple=True, help="Skip the pass of this name; repeatable.")
+@click.option("--debug", is_flag=True, help="Check after every pass that the outputs still match the captured graph.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random weights of a model name.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of pass records.")
+def passes_command(model, phase, unfused, disabled, debug, seed, as_json):
+    """Capture MODEL's prefill or decode step (torch.export, dynamic batch and lengths) and run the graph
+    passes over it: each pass with its hits, time and the graph's op counts before and after."""
+    from passes.capture import capture
+    from passes.manager import PassManager, fused_pipeline, unfused_pipeline
+    from zoo.registry import load_model
+
+    pipeline = unfused_pipeline() if unfused else fused_pipeline()
+    manager = PassManager(pipeline, disabled, debug)  # checks the pass names before the slow capture
+    with status_line(f"capturing the {phase} step", quiet=as_json):
+        captured = capture(load_model(model, seed=seed), phase)
+    with status_line("running the passes", quiet=as_json):
+        _, records = manager.run(captured.program, captured.example_args)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in records], indent=2))
+        return
+    rows = []
+    for r in records:
+        hits = ", ".join(f"{k} {v}" for k, v in r.hits_by_kind.items()) or str(r.hits)
+        zoo_before = sum(n for op, n in r.ops_before.items() if op.startswith("zoo."))
+        zoo_after = sum(n for op, n in r.ops_after.items() if op.startswith("zoo."))
+        rows.append(
+            [
+                r.name,
+                hits if r.enabled else "disabled",
+                f"{r.seconds * 1e3:.1f}",
+                f"{sum(r.ops_before.values())} -> {sum(r.ops_after.values())}",
+                f"{zoo_before} -> {zoo_after}",
+            ]
+        )
+    title = f"{model} {phase} step: {'unfused' if unfused else 'fused'} pipeline"
+    print_table(title, ["pass", "hits", "ms", "ops", "zoo ops"], rows, right=("ms", "ops", "zoo ops"))
+
+
+@main.command("kernels")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+def kernels_command(as_json):
+    """Compile every Triton kernel of the op library for sm_90 (H100), without a GPU: PTX bytes, registers,
+    spills, shared memory and warps of each."""
+    from zoo.errors import require
+
+    require("triton", "triton")
+    from zoo.ops.triton_aot import compile_kernel, kernel_specs
+
+    results, failures = [], 0
+    with status_line("compiling the Triton kernels for sm_90", quiet=as_json):
+        for op, spec in kernel_specs():
+            try:
+                results.append({"ok": True, **compile_kernel(spec, op).summary()})
+            except Exception as exc:  # a compiler error of one kernel is reported, the others still compile
+                failures += 1
+                results.append({"ok": False, "name": spec.name, "op": op, "error": str(exc).splitlines()[0]})
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        rows = [
+            [
+                r["op"],
+                r["name"],
+                "ok",
+                str(r["ptx_bytes"]),
+                str(r["registers"]),
+                str(r["spill_bytes"]),
+                str(r["shared_bytes"]),
+                str(r["num_warps"]),
+            ]
+            if r["ok"]
+            else [r["op"], r["name"], f"FAILED: {r['error'][:40]}", "", "", "", "", ""]
+            for r in results
+        ]
+        columns = ["op", "kernel", "sm_90", "PTX bytes", "regs", "spills", "shared", "warps"]
+        print_table("Triton kernels compiled for sm_90", columns, rows, right=tuple(columns[3:]))
+    if failures:
+        raise ZooError(f"{failures} of {len(results)} kernels failed to compile for sm_90")
+
+
 def int_list(ctx, param, value: str) -> tuple[int, ...]:
     return tuple(parse_int_list(value, param.opts[0])) if value.strip() else ()
 

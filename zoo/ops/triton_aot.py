@@ -55,23 +55,26 @@ def _jit_function(fn):
 
 
 def ptxas_resources(ptx: str, arch: str = "sm_90a") -> tuple[int | None, int | None]:
-    """(registers, spill stores + loads in bytes) that ptxas reports for `ptx`, or (None, None) when the
-    ptxas shipped with triton is not found."""
+    """(registers, spill stores + loads in bytes) that ptxas reports for `ptx`, or (None, None) when no
+    ptxas shipped with triton accepts it (triton emits PTX for its newest bundled ptxas, "ptxas-blackwell")."""
     import triton
 
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    if not ptxas.is_file():
-        return None, None
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "kernel.ptx"
         src.write_text(ptx)
-        out = subprocess.run(
-            [str(ptxas), f"-arch={arch}", "-v", str(src), "-o", os.devnull], capture_output=True, text=True
-        )
-    report = out.stdout + out.stderr
-    registers = re.search(r"Used (\d+) registers", report)
-    spills = [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
-    return (int(registers.group(1)) if registers else None), (sum(spills) if spills else None)
+        for ptxas in (bin_dir / "ptxas-blackwell", bin_dir / "ptxas"):
+            if not ptxas.is_file():
+                continue
+            out = subprocess.run(
+                [str(ptxas), f"-arch={arch}", "-v", str(src), "-o", os.devnull], capture_output=True, text=True
+            )
+            if out.returncode == 0:
+                report = out.stdout + out.stderr
+                registers = re.search(r"Used (\d+) registers", report)
+                spills = [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
+                return (int(registers.group(1)) if registers else None), (sum(spills) if spills else None)
+    return None, None
 
 
 def compile_kernel(spec: KernelSpec, op: str, capability: int = 90) -> CompiledKernel:
@@ -79,7 +82,7 @@ def compile_kernel(spec: KernelSpec, op: str, capability: int = 90) -> CompiledK
     from triton.backends.compiler import GPUTarget
 
     source = triton.compiler.ASTSource(fn=_jit_function(spec.fn), signature=spec.signature, constexprs=spec.constexprs)
-    options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
+    options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages, "enable_fp_fusion": True}
     kernel = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
     ptx = kernel.asm["ptx"]
     registers, spills = ptxas_resources(ptx, f"sm_{capability}a")
