@@ -1,11 +1,16 @@
-"""The chunked SSD scan and the recurrent step against a plain per-step loop written here."""
+"""The SSD ops (zoo::ssd_chunk_scan for prefill, zoo::ssd_state_update for decode) against a plain
+per-step loop written here, in float64: an oracle independent of the chunked algorithm."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from zoo.nn.ssd import ssd_chunked, ssd_step
+import zoo.ops
+from zoo.ops.ssd_chunk_scan import ssd_chunk_scan
+from zoo.ops.ssd_state_update import ssd_state_update
 
 CHUNK = 8
+IMPLEMENTATIONS = ["reference", "cpu", "triton"]
 
 
 def sequential_ssd(x, dt, A, B, C, state):
@@ -37,42 +42,43 @@ def random_inputs(L, b=2, h=4, p=3, g=2, n=5, seed=0):
     return x, dt, A, B, C, state
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize(
     "length", [1, 5, CHUNK, 3 * CHUNK + 5], ids=["one", "inside-chunk", "one-chunk", "chunks+rest"]
 )
-def test_chunked_scan_matches_recurrence_from_a_nonzero_state(length):
+def test_chunked_scan_matches_recurrence_from_a_nonzero_state(implementation, length):
     x, dt, A, B, C, state = random_inputs(length)
-    y, final = ssd_chunked(x, dt, A, B, C, CHUNK, initial_state=state)
+    with zoo.ops.kernel_choice(implementation):
+        y, final = ssd_chunk_scan(x, dt, A, B, C, state, CHUNK)
     y_ref, final_ref = sequential_ssd(x, dt, A, B, C, state)
     assert y.shape == (2, length, 4, 3) and final.shape == (2, 4, 3, 5)
     torch.testing.assert_close(y.double(), y_ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(final.double(), final_ref, atol=1e-4, rtol=1e-4)
 
 
-def test_chunked_scan_from_zero_state_is_the_default():
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_chunked_scan_from_the_zero_state(implementation):
     x, dt, A, B, C, _ = random_inputs(13)
-    y, final = ssd_chunked(x, dt, A, B, C, CHUNK)
-    y_ref, final_ref = sequential_ssd(x, dt, A, B, C, torch.zeros(2, 4, 3, 5))
+    zeros = torch.zeros(2, 4, 3, 5)
+    with zoo.ops.kernel_choice(implementation):
+        y, final = ssd_chunk_scan(x, dt, A, B, C, zeros, CHUNK)
+    y_ref, final_ref = sequential_ssd(x, dt, A, B, C, zeros)
     torch.testing.assert_close(y.double(), y_ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(final.double(), final_ref, atol=1e-4, rtol=1e-4)
 
 
-def test_zero_dt_leaves_the_state_unchanged():
-    """What prefill relies on to make right-padding inert."""
-    x, dt, A, B, C, state = random_inputs(11)
-    dt[:, 6:] = 0
-    _, final = ssd_chunked(x, dt, A, B, C, CHUNK, initial_state=state)
-    _, at_six = ssd_chunked(x[:, :6], dt[:, :6], A, B[:, :6], C[:, :6], CHUNK, initial_state=state)
-    torch.testing.assert_close(final, at_six)
-
-
-def test_decode_step_matches_recurrence():
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_decode_steps_match_recurrence(implementation):
+    """ssd_state_update from the raw dt: softplus(dt_raw + dt_bias) is the dt the recurrence sees."""
     x, dt, A, B, C, state = random_inputs(6)
-    S = state
-    outputs = []
-    for t in range(6):
-        y, S = ssd_step(S, x[:, t], dt[:, t], A, B[:, t], C[:, t])
-        outputs.append(y)
-    y_ref, final_ref = sequential_ssd(x, dt, A, B, C, state)
+    dt_bias = torch.linspace(-1, 1, 4)
+    dt_raw = torch.log(torch.expm1(dt)) - dt_bias  # softplus^-1(dt) - dt_bias
+    D = torch.zeros(4)
+    S, outputs = state, []
+    with zoo.ops.kernel_choice(implementation):
+        for t in range(6):
+            y, S = ssd_state_update(S, x[:, t], dt_raw[:, t], A, B[:, t], C[:, t], D, dt_bias, 0.0, float("inf"))
+            outputs.append(y)
+    y_ref, final_ref = sequential_ssd(x, F.softplus(dt_raw + dt_bias), A, B, C, state)
     torch.testing.assert_close(torch.stack(outputs, 1).double(), y_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(S.double(), final_ref, atol=1e-5, rtol=1e-5)

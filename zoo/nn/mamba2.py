@@ -1,6 +1,9 @@
-"""The Mamba-2 mixer (SPECS 2.1) with its prefill and decode-step state handling.
+"""The Mamba-2 mixer (docs/algorithms.md §2.1) with its prefill and decode-step state handling.
 
-State per layer, as explicit tensors updated in place and returned:
+The expensive regions are zoo ops (zoo/ops): prefill runs zoo::causal_conv1d and zoo::ssd_chunk_scan,
+a decode step zoo::causal_conv1d_update and zoo::ssd_state_update, one node each per layer in a captured
+graph. State per layer, as explicit tensors the ops return and the mixer copies into place (so a runner's
+buffers are reused):
 - conv: (B, conv_dim, d_conv), the last d_conv raw (pre-conv) xBC inputs, left zero-padded;
 - ssm: (B, heads, head_dim, d_state), fp32.
 Parameter names follow mamba_ssm / HF (in_proj, conv1d, dt_bias, A_log, D, norm, out_proj).
@@ -12,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.nn.ssd import ssd_chunked, ssd_step
+from zoo.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
+from zoo.ops.ssd_chunk_scan import ssd_chunk_scan
+from zoo.ops.ssd_state_update import ssd_state_update
 
 SSM_STATE_DTYPE = torch.float32
 
@@ -60,7 +65,7 @@ class Mamba2Mixer(nn.Module):
         self.n_heads, self.head_dim, self.d_state, self.n_groups = n_heads, head_dim, d_state, n_groups
         self.d_inner = n_heads * head_dim
         self.conv_dim = self.d_inner + 2 * n_groups * d_state
-        self.d_conv, self.chunk_size, self.dt_limit = d_conv, chunk_size, tuple(dt_limit)
+        self.d_conv, self.chunk_size, self.dt_limit = d_conv, chunk_size, tuple(float(v) for v in dt_limit)
         # in_proj output layout: [z (d_inner) | xBC (conv_dim) | dt (heads)]
         self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + n_heads, bias=bias)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, bias=conv_bias)
@@ -89,14 +94,17 @@ class Mamba2Mixer(nn.Module):
         }
 
     def discretisation(self, dt_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """dt = softplus(dt_raw + dt_bias), clamped to dt_limit when one is set; A = -exp(A_log) (fp32).
+        """dt = softplus(dt_raw + dt_bias) clamped to dt_limit ((0, inf): no limit); A = -exp(A_log) (fp32).
 
-        HF's Mamba2 clamps dt in its chunked path only; here both paths clamp, so prefill and decode agree.
+        HF's Mamba2 clamps dt in its chunked path only; here both paths clamp (zoo::ssd_state_update does
+        it for decode), so prefill and decode agree.
         """
-        dt = F.softplus(dt_raw.float() + self.dt_bias.float())
-        if self.dt_limit != (0.0, float("inf")):
-            dt = dt.clamp(*self.dt_limit)
-        return dt, -torch.exp(self.A_log.float())
+        dt = F.softplus(dt_raw.float() + self.dt_bias.float()).clamp(*self.dt_limit)
+        return dt, self.decay_rates()
+
+    def decay_rates(self) -> torch.Tensor:
+        """A = -exp(A_log), one decay rate per head, fp32."""
+        return -torch.exp(self.A_log.float())
 
     def split_xbc(self, xbc: torch.Tensor):
         gn = self.n_groups * self.d_state
@@ -107,45 +115,42 @@ class Mamba2Mixer(nn.Module):
             C.unflatten(-1, (self.n_groups, -1)),
         )
 
-    def output(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        y = y + x.float() * self.D.float()[:, None]  # D skip, per head, broadcast over head_dim
-        y = y.flatten(-2).to(z.dtype)
-        return self.out_proj(self.norm(y, z))
+    def output(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """y (..., heads, head_dim) with the D skip -> gated norm -> out_proj."""
+        return self.out_proj(self.norm(y.flatten(-2).to(z.dtype), z))
+
+    def conv_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.conv1d.weight[:, 0], self.conv1d.bias  # (conv_dim, d_conv), (conv_dim,)
 
     def forward(self, u: torch.Tensor, lengths: torch.Tensor | None = None, state: dict | None = None):
         """u: (B, L, d). With `state` (prefill), rows are right-padded to `lengths`; the conv and SSM states
         after each row's last real token are written into state["conv"], state["ssm"]."""
         batch, L, _ = u.shape
         z, xbc, dt_raw = self.in_proj(u).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
-        conv_in = xbc.transpose(1, 2)  # (B, conv_dim, L), raw inputs of the causal conv
-        conv_out = F.conv1d(
-            F.pad(conv_in, (self.d_conv - 1, 0)), self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim
-        )
-        x, B, C = self.split_xbc(F.silu(conv_out).transpose(1, 2))
+        real_lengths = torch.full((batch,), L, device=u.device) if lengths is None else lengths
+        conv_out, window = causal_conv1d(xbc, *self.conv_weights(), real_lengths)
+        x, B, C = self.split_xbc(conv_out)
         dt, A = self.discretisation(dt_raw)
         if lengths is not None:
-            # padded positions get dt = 0: the state passes through them unchanged (zoo/nn/ssd.py)
+            # padded positions get dt = 0: the state passes through them unchanged (zoo/ops/ssd_chunk_scan)
             real = torch.arange(L, device=u.device)[None, :] < lengths[:, None]
             dt = dt * real[..., None]
-        y, final_state = ssd_chunked(x, dt, A, B, C, self.chunk_size)
+        initial_state = x.new_zeros((batch, self.n_heads, self.head_dim, self.d_state), dtype=SSM_STATE_DTYPE)
+        y, final_state = ssd_chunk_scan(x, dt, A, B, C, initial_state, self.chunk_size)
         if state is not None:
-            # the last d_conv raw inputs before each row's end: padded columns [len, len + d_conv)
-            padded = F.pad(conv_in, (self.d_conv, 0))
-            index = (lengths[:, None] + torch.arange(self.d_conv, device=u.device))[:, None, :]
-            state["conv"].copy_(padded.gather(2, index.expand(-1, self.conv_dim, -1)))
+            state["conv"].copy_(window)
             state["ssm"].copy_(final_state)
-        return self.output(y, x, z)
+        y = y + x.float() * self.D.float()[:, None]  # D skip, per head, broadcast over head_dim
+        return self.output(y, z)
 
     def decode(self, u: torch.Tensor, state: dict) -> torch.Tensor:
         """One token per row. u: (B, 1, d); state["conv"], state["ssm"] are read and updated in place."""
         z, xbc, dt_raw = self.in_proj(u[:, 0]).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
-        window = torch.cat([state["conv"][:, :, 1:], xbc[:, :, None].to(state["conv"].dtype)], dim=-1)
+        conv_out, window = causal_conv1d_update(state["conv"], xbc, *self.conv_weights())
         state["conv"].copy_(window)
-        conv_out = (window * self.conv1d.weight[:, 0]).sum(-1)
-        if self.conv1d.bias is not None:
-            conv_out = conv_out + self.conv1d.bias
-        x, B, C = self.split_xbc(F.silu(conv_out))
-        dt, A = self.discretisation(dt_raw)
-        y, new_state = ssd_step(state["ssm"], x, dt, A, B, C)
+        x, B, C = self.split_xbc(conv_out)
+        y, new_state = ssd_state_update(
+            state["ssm"], x, dt_raw, self.decay_rates(), B, C, self.D, self.dt_bias, *self.dt_limit
+        )
         state["ssm"].copy_(new_state)
-        return self.output(y, x, z)[:, None]
+        return self.output(y, z)[:, None]

@@ -13,7 +13,7 @@ from zoo.nn.attention import SelfAttention
 from zoo.nn.mamba2 import Mamba2Mixer
 from zoo.nn.mlp import MLP
 from zoo.nn.norms import RMSNorm
-from zoo.nn.state import allocate, layer_view
+from zoo.nn.state import StateEntry, allocate_state, layer_view, state_spec
 
 
 class Sublayer(nn.Module):
@@ -55,7 +55,7 @@ class Mamba2LM(nn.Module):
 
     def reset_parameters(self):
         """Linear and embedding weights ~ N(0, init_std), biases 0, norms 1, Mamba-2's own init for A, D,
-        dt_bias and the conv; out_proj of Mamba layers scaled by 1/sqrt(n_layers) (SPECS 2.1)."""
+        dt_bias and the conv; out_proj of Mamba layers scaled by 1/sqrt(n_layers) (docs/algorithms.md §2.1)."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=self.config.init_std)
@@ -68,14 +68,16 @@ class Mamba2LM(nn.Module):
                 if layer.kind == "M":
                     layer.mixer.out_proj.weight /= self.config.n_layers**0.5
 
+    def stateful_layers(self):
+        """(layer index, mixer) for every layer with decode state (MLPs carry none)."""
+        return [(i, layer.mixer) for i, layer in enumerate(self.layers) if layer.kind != "-"]
+
+    def state_spec(self) -> list[StateEntry]:
+        return state_spec(self.stateful_layers())
+
     def init_state(self, batch: int, max_len: int, dtype=None, device=None) -> dict[str, torch.Tensor]:
         param = next(self.parameters())
-        dtype, device = dtype or param.dtype, device or param.device
-        state = {}
-        for i, layer in enumerate(self.layers):
-            if layer.kind != "-":  # MLPs carry no state
-                state.update(allocate(layer.mixer.state_shapes(batch, max_len), i, dtype, device))
-        return state
+        return allocate_state(self.state_spec(), batch, max_len, dtype or param.dtype, device or param.device)
 
     def residual_stream(self, x: torch.Tensor) -> torch.Tensor:
         return x.float() if self.config.residual_in_fp32 else x
