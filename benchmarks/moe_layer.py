@@ -1,8 +1,9 @@
-"""Issue 5's figure: one MoE layer with 64 SwiGLU experts, top-8, at 1, 64 and 2048 tokens. The zoo's
-grouped compute beside its dense mode and beside HF transformers' MixtralSparseMoeBlock on the same
-weights, measured in one run (target: grouped >= 3x faster than dense at 2048 tokens).
+"""One MoE layer with 64 SwiGLU experts, top-8, at 1, 64 and 2048 tokens: the zoo::moe_experts kernel
+choices ("cpu": grouped compute; "reference": every expert on every token, masked) beside HF transformers'
+MixtralSparseMoeBlock on the same weights, measured in one run (target: cpu >= 1.4x faster than HF at 2048
+tokens).
 
-    python -m benchmarks.moe_layer [--d-model 512] [--d-expert 256] [--repeats 5]
+    python -m benchmarks.moe_layer [--d-model 512] [--d-expert 256] [--repeats 5] [--threads N]
 """
 
 import argparse
@@ -11,6 +12,9 @@ import torch
 
 from benchmarks.machine import median_time
 from zoo.nn.moe import MoE, router_stats
+from zoo.ops import kernel_choice
+
+KERNELS = ("cpu", "reference")
 
 
 def hf_mixtral_block(layer: MoE, d_model: int, d_expert: int):
@@ -28,7 +32,7 @@ def hf_mixtral_block(layer: MoE, d_model: int, d_expert: int):
     block = MixtralSparseMoeBlock(config).eval()
     with torch.no_grad():
         block.gate.weight.copy_(layer.router.weight)
-        block.experts.gate_up_proj.copy_(torch.cat([layer.w_gate, layer.w_up], dim=1))
+        block.experts.gate_up_proj.copy_(layer.w_gate_up)  # the same fused [gate; up] layout
         block.experts.down_proj.copy_(layer.w_down)
     return block
 
@@ -40,7 +44,10 @@ def main(argv=None):
     parser.add_argument("--experts", type=int, default=64)
     parser.add_argument("--top-k", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     layer = MoE(args.d_model, args.experts, args.top_k, args.d_expert, routing="topk-softmax").eval()
     layer.reset_parameters(std=0.02)
@@ -50,26 +57,23 @@ def main(argv=None):
         f"MoE layer: {args.experts} experts of {args.d_expert}, top-{args.top_k}, d_model {args.d_model}, fp32, "
         f"{torch.get_num_threads()} threads, median of {args.repeats}"
     )
-    print(
-        f"{'tokens':>6s} {'grouped ms':>11s} {'dense ms':>10s} {'HF ms':>9s} {'dense/grouped':>14s} {'HF/grouped':>11s}"
-    )
+    print(f"{'tokens':>6s} {'cpu ms':>9s} {'reference ms':>13s} {'HF ms':>9s} {'reference/cpu':>14s} {'HF/cpu':>7s}")
     with torch.inference_mode():
         for tokens in (1, 64, 2048):
             x = torch.randn(tokens, args.d_model)
-            times = {}
-            outputs = {}
-            for mode in ("grouped", "dense"):
-                layer.compute = mode
-                outputs[mode] = layer(x)
-                times[mode] = median_time(lambda: layer(x), args.repeats)
+            times, outputs = {}, {}
+            for kernel in KERNELS:
+                with kernel_choice(kernel, ops=["moe_experts"]):
+                    outputs[kernel] = layer(x)
+                    times[kernel] = median_time(lambda: layer(x), args.repeats)
             outputs["hf"] = hf_block(x[None])[0]
             times["hf"] = median_time(lambda: hf_block(x[None]), args.repeats)
-            for name in ("dense", "hf"):
-                torch.testing.assert_close(outputs[name].reshape(tokens, -1), outputs["grouped"], atol=1e-4, rtol=1e-4)
-            g = times["grouped"]
+            for name in ("reference", "hf"):
+                torch.testing.assert_close(outputs[name].reshape(tokens, -1), outputs["cpu"], atol=1e-4, rtol=1e-4)
+            cpu = times["cpu"]
             print(
-                f"{tokens:6d} {g * 1e3:11.2f} {times['dense'] * 1e3:10.2f} {times['hf'] * 1e3:9.2f} "
-                f"{times['dense'] / g:13.1f}x {times['hf'] / g:10.1f}x"
+                f"{tokens:6d} {cpu * 1e3:9.2f} {times['reference'] * 1e3:13.2f} {times['hf'] * 1e3:9.2f} "
+                f"{times['reference'] / cpu:13.1f}x {times['hf'] / cpu:6.1f}x"
             )
         counts = router_stats(layer, torch.randn(2048, args.d_model))[0]
         print(

@@ -1,4 +1,5 @@
-"""MoE: parity with HF Mixtral / Qwen2-MoE, grouped against dense compute, upcycling, router statistics."""
+"""MoE: parity with HF Mixtral / Qwen2-MoE, grouped (cpu kernel) against dense (reference) compute, capture
+with one zoo.moe_experts node per layer, upcycling, router statistics."""
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ from zoo.cli import main
 from zoo.models.llama import LlamaConfig
 from zoo.models.moe import MoEConfig
 from zoo.models.moe.upcycle import scale_factor, upcycle
-from zoo.nn.moe import MoE, router_stats, set_moe_compute
+from zoo.nn.moe import MoE, router_stats
+from zoo.ops import kernel_choice
 from zoo.registry import build_from_config
 
 MIXTRAL = MoEConfig(
@@ -71,9 +73,11 @@ def test_grouped_equals_dense_with_empty_and_single_token_experts():
     x = torch.eye(8)[[0, 0, 3]] + 0.01 * torch.randn(3, 8)
     counts = router_stats(layer, x)[0]
     assert counts.tolist() == [2, 0, 0, 1, 0, 0, 0, 0]  # experts with two, one and no tokens
-    grouped = layer(x)
-    layer.compute = "dense"
-    torch.testing.assert_close(layer(x), grouped, atol=1e-6, rtol=1e-6)
+    with torch.no_grad(), kernel_choice("cpu"):
+        grouped = layer(x)
+    with torch.no_grad(), kernel_choice("reference"):
+        dense = layer(x)
+    torch.testing.assert_close(dense, grouped, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("routing", ["softmax-topk", "topk-softmax"])
@@ -82,11 +86,81 @@ def test_grouped_equals_dense_on_a_model(routing, tokens):
     config = MoEConfig(**{**QWEN2.to_dict(), "routing": routing})
     model = informative_weights(build_from_config(config))
     ids = torch.randint(0, config.vocab_size, (1, tokens))
-    with torch.no_grad():
+    with torch.no_grad(), kernel_choice("cpu"):
         grouped = model(ids)
-        set_moe_compute(model, "dense")
+    with torch.no_grad(), kernel_choice("reference"):
         dense = model(ids)
     torch.testing.assert_close(dense, grouped, atol=1e-5, rtol=1e-5)
+
+
+def test_router_stats_leave_no_hooks_and_no_state():
+    model = zoo.build("moe-tiny")
+    before = {name: dict(vars(m)) for name, m in model.named_modules()}
+    router_stats(model, torch.randint(0, 256, (1, 4)))
+    for name, module in model.named_modules():
+        assert not module._forward_hooks, name
+        assert vars(module).keys() == before[name].keys(), name
+
+
+class Prefill(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, lengths, state):
+        return self.model.prefill(input_ids, lengths, state)
+
+
+class DecodeStep(Prefill):
+    def forward(self, tokens, positions, state):
+        return self.model.decode_step(tokens, positions, state)
+
+
+def moe_nodes(program) -> int:
+    return sum(
+        node.op == "call_function" and node.target == torch.ops.zoo.moe_experts.default for node in program.graph.nodes
+    )
+
+
+def test_export_prefill_and_decode_with_dynamic_batch_and_length():
+    """One zoo.moe_experts node per layer, and the exported programs equal eager at other batch sizes and
+    lengths: every expert stays in the graph, whichever the example routed to."""
+    model = informative_weights(zoo.build("moe-tiny")).eval()
+    batch, length = torch.export.Dim("batch", min=1, max=32), torch.export.Dim("length", min=1, max=128)
+    slots = torch.export.Dim("slots", min=2, max=256)
+    state = model.init_state(2, 16)
+    state_dims = {name: {0: batch, 2: slots} for name in state}
+    prefill = torch.export.export(
+        Prefill(model),
+        (torch.randint(0, 256, (2, 5)), torch.tensor([5, 3]), state),
+        dynamic_shapes=({0: batch, 1: length}, {0: batch}, state_dims),
+    )
+    decode = torch.export.export(
+        DecodeStep(model),
+        (torch.randint(0, 256, (2,)), torch.tensor([5, 3]), model.init_state(2, 16)),
+        dynamic_shapes=({0: batch}, {0: batch}, state_dims),
+    )
+    assert moe_nodes(prefill) == moe_nodes(decode) == model.config.n_layers
+    for b, length_, cache in ((3, 9, 24), (1, 1, 8)):
+        ids, lengths = torch.randint(0, 256, (b, length_)), torch.randint(1, length_ + 1, (b,))
+        ours, theirs = model.init_state(b, cache), model.init_state(b, cache)
+        with torch.no_grad():
+            logits, _ = prefill.module()(ids, lengths, ours)
+            torch.testing.assert_close(logits, model.prefill(ids, lengths, theirs)[0], atol=1e-5, rtol=1e-5)
+            tokens = torch.randint(0, 256, (b,))
+            logits, _ = decode.module()(tokens, lengths, ours)
+            torch.testing.assert_close(logits, model.decode_step(tokens, lengths, theirs)[0], atol=1e-5, rtol=1e-5)
+        for name in ours:
+            torch.testing.assert_close(ours[name], theirs[name], atol=1e-5, rtol=1e-5)
+
+
+def test_decode_step_compiles_as_one_graph():
+    model = informative_weights(zoo.build("moe-tiny")).eval()
+    step = torch.compile(model.decode_step, fullgraph=True, dynamic=False, backend="aot_eager")
+    tokens, positions = torch.tensor([3, 7, 11]), torch.tensor([0, 4, 2])
+    ours, theirs = model.init_state(3, 8), model.init_state(3, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(step(tokens, positions, ours)[0], model.decode_step(tokens, positions, theirs)[0])
 
 
 def test_router_stats_count_every_routed_slot():
@@ -190,3 +264,18 @@ def test_upcycle_refuses_bad_shapes():
         upcycle(dense_model("gated", "silu"), 8, 3, 2)
     with pytest.raises(zoo.ZooError, match="llama-family"):
         upcycle(zoo.build("gpt-tiny"), 8, 1, 2)
+
+
+def test_mixtral_import_fuses_gate_and_up_and_needs_both(hf_checkpoint):
+    from zoo.checkpoint import load_safetensors_dir
+    from zoo.errors import CheckpointError
+    from zoo.models.moe.convert import state_dict_from_hf
+
+    path, _ = hf_checkpoint(MIXTRAL)
+    tensors = load_safetensors_dir(path)
+    state, _ = state_dict_from_hf(tensors, MIXTRAL)
+    w1, w3 = (tensors[f"model.layers.1.block_sparse_moe.experts.4.{name}.weight"] for name in ("w1", "w3"))
+    assert torch.equal(state["layers.1.mlp.w_gate_up"][4], torch.cat([w1, w3]))  # [gate rows; up rows]
+    without_up = {key: tensor for key, tensor in tensors.items() if not key.endswith("w3.weight")}
+    with pytest.raises(CheckpointError, match="gate or up matrices, not both"):
+        state_dict_from_hf(without_up, MIXTRAL)

@@ -1,6 +1,6 @@
 """MoE family: the Llama decoder with every MLP replaced by a mixture of experts (zoo/nn/moe.py).
 
-Naming of upcycled configurations (SPECS 3.1): a dense FFN of width F split with granularity G gives
+Naming of upcycled configurations (docs/algorithms.md §3.1): a dense FFN of width F split with granularity G gives
 experts of width F / G; E full copies give N = E * G experts; T = top-K. "E8G8T16" is N=64, K=16.
 """
 

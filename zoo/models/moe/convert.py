@@ -1,5 +1,6 @@
-"""HF MixtralForCausalLM and Qwen2MoeForCausalLM <-> zoo moe. HF stores one tensor per expert; the zoo
-stacks them into (N, F, d) / (N, d, F)."""
+"""HF MixtralForCausalLM and Qwen2MoeForCausalLM <-> zoo moe. HF checkpoints store one tensor per expert and
+projection; the zoo stacks them over experts and fuses each expert's gate and up matrices:
+w_gate_up (N, 2F, d) = [gate rows (Mixtral w1, Qwen2-MoE gate_proj); up rows (w3, up_proj)], w_down (N, d, F)."""
 
 import re
 
@@ -14,7 +15,7 @@ FORMAT = "HF MixtralForCausalLM (model_type mixtral) or Qwen2MoeForCausalLM (mod
 MODEL_TYPES = ("mixtral", "qwen2_moe")
 
 _LAYER = r"model\.layers\.(\d+)\."
-# per-expert tensors are renamed to "layers.L.mlp.experts.E.<w_gate|w_up|w_down>" and stacked afterwards
+# per-expert tensors are renamed to "layers.L.mlp.experts.E.<w_gate|w_up|w_down>", then stacked and fused
 RULES = [
     *llama_convert.TRUNK_RULES,  # embeddings, norms, attention
     (_LAYER + r"block_sparse_moe\.gate\.weight", r"layers.\1.mlp.router.weight"),
@@ -115,9 +116,19 @@ def state_dict_from_hf(tensors: dict, config: MoEConfig):
             experts.setdefault((layer, name), {})[expert] = tensor
         else:
             state[key] = tensor
+    stacked = {}
     for (layer, name), by_index in experts.items():
         if sorted(by_index) != list(range(config.n_experts)):
             missing = sorted(set(range(config.n_experts)) - set(by_index))
             raise CheckpointError(f"layer {layer} {name}: experts {missing} missing from the checkpoint")
-        state[f"layers.{layer}.mlp.{name}"] = torch.stack([by_index[e] for e in range(config.n_experts)])
+        stacked[layer, name] = torch.stack([by_index[e] for e in range(config.n_experts)])
+    for layer in sorted({layer for layer, _ in stacked}):
+        prefix = f"layers.{layer}.mlp."
+        if (layer, "w_down") in stacked:
+            state[prefix + "w_down"] = stacked[layer, "w_down"]
+        gate, up = stacked.get((layer, "w_gate")), stacked.get((layer, "w_up"))
+        if (gate is None) != (up is None):
+            raise CheckpointError(f"layer {layer}: the checkpoint holds the experts' gate or up matrices, not both")
+        if gate is not None:
+            state[prefix + "w_gate_up"] = torch.cat([gate, up], dim=1)
     return state, unexpected

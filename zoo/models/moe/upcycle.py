@@ -1,4 +1,4 @@
-"""Upcycling a dense Llama-family model into an MoE (He et al. 2024; SPECS 3.2).
+"""Upcycling a dense Llama-family model into an MoE (He et al. 2024; docs/algorithms.md §3.2).
 
 Expert j = e * G + g (e < E = N / G copies, g < G shards) holds shard g of the dense FFN: rows
 [g F/G, (g+1) F/G) of the gate and up matrices and the same columns of the down matrix, times s.
@@ -63,10 +63,10 @@ def upcycle(dense_model, n_experts: int, granularity: int, top_k: int, routing: 
         for e in range(expansion):
             for g in range(granularity):
                 j, rows = e * granularity + g, slice(g * width, (g + 1) * width)
-                moe.w_up[j] = s * mlp.w_up.weight[rows]
+                up = mlp.w_up.weight[rows]
+                # gated experts: the gate and up shards side by side in the fused w_gate_up
+                moe.w_in[j] = s * (torch.cat([mlp.w_gate.weight[rows], up]) if moe.gated else up)
                 moe.w_down[j] = s * mlp.w_down.weight[:, rows]
-                if moe.gated:
-                    moe.w_gate[j] = s * mlp.w_gate.weight[rows]
         # every shard of copy e gets router row e
         moe.router.weight.copy_(moe.router.weight[:expansion].repeat_interleave(granularity, dim=0))
     return moe_model

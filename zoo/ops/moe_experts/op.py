@@ -1,0 +1,78 @@
+"""zoo::moe_experts: routing (fp32) plus expert compute of a mixture-of-experts layer as one op whose output
+shape (tokens, d_model) does not depend on the routing, so a captured graph holds one node per MoE layer
+and no exporter sees (or drops) the per-expert split. The router matmul stays outside, a plain linear."""
+
+import torch
+
+from zoo.ops.kernels import dispatch
+from zoo.ops.moe_experts.cpu import moe_experts_cpu
+from zoo.ops.moe_experts.reference import ACTIVATIONS, ROUTINGS, moe_experts_ref
+
+
+def check_arguments(x, router_logits, w_gate_up, w_down, top_k: int, routing: str, activation: str, gated: bool):
+    if x.dim() != 2 or router_logits.dim() != 2 or w_gate_up.dim() != 3 or w_down.dim() != 3:
+        raise ValueError("moe_experts takes x (T, d), router_logits (T, N), w_gate_up (N, 2F|F, d), w_down (N, d, F)")
+    n_experts, d_model, d_expert = w_down.shape
+    expected_in = (n_experts, 2 * d_expert if gated else d_expert, d_model)
+    if tuple(w_gate_up.shape) != expected_in:
+        raise ValueError(
+            f"w_gate_up has shape {tuple(w_gate_up.shape)}; w_down {tuple(w_down.shape)} needs {expected_in}"
+        )
+    if x.shape[1] != d_model or router_logits.shape != (x.shape[0], n_experts):
+        raise ValueError(f"x {tuple(x.shape)} / router_logits {tuple(router_logits.shape)} do not match the experts")
+    if not 1 <= top_k <= n_experts:
+        raise ValueError(f"top_k={top_k} must be in [1, n_experts={n_experts}]")
+    if routing not in ROUTINGS:
+        raise ValueError(f"unknown routing {routing!r}; known: {', '.join(ROUTINGS)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
+
+
+def _triton_launcher():
+    from zoo.ops.moe_experts.triton_kernel import moe_experts_triton
+
+    return moe_experts_triton
+
+
+@torch.library.custom_op("zoo::moe_experts", mutates_args=())
+def moe_experts(
+    x: torch.Tensor,
+    router_logits: torch.Tensor,
+    w_gate_up: torch.Tensor,
+    w_down: torch.Tensor,
+    top_k: int,
+    routing: str,
+    activation: str,
+    gated: bool,
+) -> torch.Tensor:
+    """x (T, d), router_logits (T, N), w_gate_up (N, 2F, d) [gate rows; up rows] when gated or the up matrix
+    (N, F, d) when plain, w_down (N, d, F) -> y (T, d) = sum over each token's top-K experts of routing
+    weight x expert output (routing "softmax-topk" | "topk-softmax", in fp32)."""
+    check_arguments(x, router_logits, w_gate_up, w_down, top_k, routing, activation, gated)
+    impl = dispatch("moe_experts", x.device, reference=moe_experts_ref, cpu=moe_experts_cpu, triton=_triton_launcher)
+    return impl(x, router_logits, w_gate_up, w_down, top_k, routing, activation, gated)
+
+
+@moe_experts.register_fake
+def _(x, router_logits, w_gate_up, w_down, top_k, routing, activation, gated):
+    check_arguments(x, router_logits, w_gate_up, w_down, top_k, routing, activation, gated)
+    return x.new_empty(x.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    x, router_logits, w_gate_up, w_down, *config = inputs
+    ctx.save_for_backward(x, router_logits, w_gate_up, w_down)
+    ctx.config = config
+
+
+def _backward(ctx, grad_y):
+    """Gradients by autograd through the reference, recomputed: static shapes, so a compiled backward traces
+    it too (at N/K times the work of the grouped forward)."""
+    inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad)]
+    wanted = [t for t in inputs if t.requires_grad]
+    with torch.enable_grad():
+        grads = iter(torch.autograd.grad(moe_experts_ref(*inputs, *ctx.config), wanted, grad_y))
+    return *(next(grads) if t.requires_grad else None for t in inputs), None, None, None, None
+
+
+moe_experts.register_autograd(_backward, setup_context=_setup_context)
