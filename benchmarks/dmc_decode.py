@@ -1,5 +1,5 @@
 """Issue 3's figure: DMC models whose decisions are set to give compression ratios 1, 2, 4 and 8
-(merge_period = CR: every CR-th token opens a slot), beside the plain Llama of the same size and
+(DMCConfig.dmc_merge_period = CR: every CR-th token opens a slot), beside the plain Llama of the same size and
 weights, at context 512, 2048 and 8192, in one run: cache bytes in use and decode TPOT (batch 1, fp32),
 eager and compiled. Each configuration decodes from its own prefilled state, in rounds that time every
 configuration once, and the median round is reported. The DMC cache is allocated for context / CR slots
@@ -92,9 +92,7 @@ def main(argv=None):
     models, ratios = {"llama": llama}, {"llama": None}
     for ratio in RATIOS:  # one model per ratio (same weights), so that every configuration stays compiled
         name = f"DMC CR{ratio}"
-        models[name], ratios[name] = dmc_from_llama(llama), ratio
-        for layer in models[name].layers:
-            layer.attn.merge_period = ratio
+        models[name], ratios[name] = dmc_from_llama(llama, merge_period=ratio), ratio
     print(
         f"{CONFIG.num_params() / 1e6:.1f}M params, MHA 8x64, fp32, batch 1, {args.new_tokens} new tokens, "
         f"median of {args.repeats} interleaved rounds, {torch.get_num_threads()} threads; TPOT in ms, and its "

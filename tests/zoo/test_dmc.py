@@ -51,9 +51,11 @@ def test_all_append_equals_hf_llama_without_channel_d_minus_1(hf_checkpoint, mon
     assert (plain_hf - expected).abs().max() > 1e-2  # dropping channel D-1 does change the model
 
 
-def merging_dmc(window: int, seed: int = 0):
-    """A DMC model whose decision channel merges about half the steps, with heads that differ."""
-    model = informative_weights(build_from_config(dmc_config_from(LLAMA, window=window)), seed)
+def merging_dmc(window: int, seed: int = 0, merge_period: int | None = None):
+    """A DMC model whose decision channel merges about half the steps, with heads that differ (or, with
+    merge_period, whose every merge_period-th token opens a slot)."""
+    config = dmc_config_from(LLAMA, window=window, merge_period=merge_period)
+    model = informative_weights(build_from_config(config), seed)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in model.layers:
@@ -202,9 +204,7 @@ def test_engine_sizes_the_compressed_cache_by_slots_in_use(monkeypatch):
     from runtime import Engine, engine
 
     monkeypatch.setattr(engine, "CACHE_BUCKET", 4)  # small buckets, so the cache grows several times
-    model = merging_dmc(12)
-    for layer in model.layers:
-        layer.attn.merge_period = 3  # every third token opens a slot: compression ratio 3
+    model = merging_dmc(12, merge_period=3)  # every third token opens a slot: compression ratio 3
     capacities = record_resizes(model, monkeypatch)
     prompts, new = [list(range(1, 31)), [5, 6, 7]], 40
     result = Engine.from_model(model).generate_with_stats(prompts, new)
@@ -226,11 +226,9 @@ def test_engine_sizes_the_compressed_cache_by_slots_in_use(monkeypatch):
 
 @pytest.mark.parametrize("period", [1, 2, 4, 8])
 def test_merge_period_gives_the_benchmarks_compression_ratio(period):
-    """benchmarks/dmc_decode.py sets decisions with merge_period: every head then holds ceil(tokens / P)
+    """benchmarks/dmc_decode.py sets decisions with dmc_merge_period: every head then holds ceil(tokens / P)
     slots after a one-shot prefill and decoding, and the logits are the eval forward's."""
-    model = merging_dmc(12)
-    for layer in model.layers:
-        layer.attn.merge_period = period
+    model = merging_dmc(12, merge_period=period)
     ids = torch.randint(0, 97, (1, 29), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         state = model.init_state(1, 29)
@@ -296,20 +294,33 @@ def test_soft_accumulation_with_hard_decisions_matches_the_loop():
 
 
 def test_dmc_loss_is_one_sided_and_trains_the_decision_channel():
-    from zoo.models.dmc.retrofit import dmc_loss
+    from zoo.models.dmc.retrofit import dmc_loss, forward_with_decisions
 
     torch.manual_seed(0)
     model = dmc_from_llama(informative_weights(build_from_config(LLAMA)))
     model.train()
     ids = torch.randint(0, 97, (2, 40))
-    model(ids)
-    assert all(0 <= layer.attn.mean_decision.max() < 0.05 for layer in model.layers)  # zeroed rows: append
-    loss = dmc_loss(model, target_cr=4.0)  # prior 0.75 > decisions: penalised
+    _, decisions = forward_with_decisions(model, ids)
+    assert decisions.shape == (2, 2)  # (layers, batch)
+    assert 0 <= decisions.max() < 0.05  # zeroed rows: append
+    assert not any("mean_decision" in vars(layer.attn) for layer in model.layers)  # no state left on modules
+    loss = dmc_loss(decisions, target_cr=4.0)  # prior 0.75 > decisions: penalised
     assert loss > 0.5
     loss.backward()
     wk = model.layers[0].attn.wk.weight
     assert wk.grad[D - 1].abs().sum() > 0  # the gradient reaches the decision rows
-    assert dmc_loss(model, target_cr=1.0).item() == 0.0  # prior 0: nothing to penalise
+    assert dmc_loss(decisions, target_cr=1.0).item() == 0.0  # prior 0: nothing to penalise
+
+
+def test_forward_with_decisions_is_the_models_forward():
+    from zoo.models.dmc.retrofit import forward_with_decisions
+
+    model = merging_dmc(12).eval()
+    ids = torch.randint(0, 97, (3, 21), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        logits, decisions = forward_with_decisions(model, ids)
+        torch.testing.assert_close(logits, model(ids))
+    assert 0.25 < decisions.mean() < 0.75  # hard decisions of the merging model
 
 
 def test_retrofit_on_text_reaches_cr_2_within_10_percent_loss():
@@ -410,3 +421,80 @@ def test_megatron_checkpoint_without_decoder_layers_is_refused(tmp_path):
     torch.save({"model": tensors, "args": megatron_args(model.config)}, tmp_path / "mp_rank_00" / "model_optim_rng.pt")
     with pytest.raises(zoo.CheckpointError, match="model_optim_rng.pt: no Megatron-Core decoder layers"):
         zoo.from_pretrained(tmp_path)
+
+
+class Prefill(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, lengths, state):
+        return self.model.prefill(input_ids, lengths, state)[0]
+
+
+class DecodeStep(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens, positions, state):
+        return self.model.decode_step(tokens, positions, state)[0]
+
+
+def test_prefill_and_decode_export_with_one_dmc_op_per_layer():
+    """torch.export of prefill (dynamic batch and length) and of decode_step (dynamic batch and cache
+    length) holds one zoo.dmc_prefill_cache / zoo.dmc_decode_attention node per layer and equals eager at
+    other batch sizes and lengths, with real merging."""
+    from torch.export import Dim
+
+    model = informative_weights(zoo.build("dmc-tiny")).eval()
+    c = model.config
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in model.layers:  # decision channels that merge about half the time
+            rows = torch.arange(c.n_kv_heads) * c.head_dim + c.head_dim - 1
+            layer.attn.wk.weight[rows] = torch.randn(c.n_kv_heads, c.d_model, generator=g) * 2.5 + 0.1
+    batch, length, cache = Dim("batch", max=64), Dim("length", max=256), Dim("cache", max=256)
+
+    def state_dims(state, slots):
+        return {name: {0: batch, 2: slots} if name[:-1] in ("k", "v") else {0: batch} for name in state}
+
+    with torch.no_grad():
+        state = model.init_state(2, 9)
+        prefill = torch.export.export(
+            Prefill(model),
+            (torch.randint(0, 256, (2, 9)), torch.tensor([9, 4]), state),
+            dynamic_shapes=({0: batch, 1: length}, {0: batch}, state_dims(state, length)),
+        )
+        state = model.init_state(2, 9)
+        decode = torch.export.export(
+            DecodeStep(model),
+            (torch.tensor([1, 2]), torch.tensor([5, 3]), state),
+            dynamic_shapes=({0: batch}, {0: batch}, state_dims(state, cache)),
+        )
+    for program, op in ((prefill, "zoo.dmc_prefill_cache"), (decode, "zoo.dmc_decode_attention")):
+        targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
+        assert sum(op in target for target in targets) == c.n_layers, targets
+    prefill, decode = prefill.module(), decode.module()
+    merged = []
+    for B, L in ((1, 1), (3, 5), (3, 37), (1, 37)):
+        ids = torch.randint(0, 256, (B, L), generator=g)
+        lengths = torch.tensor([L, max(1, L - 3), max(1, L // 2)][:B])
+        with torch.no_grad():
+            expected_state, captured_state = model.init_state(B, L), model.init_state(B, L)
+            expected, _ = model.prefill(ids, lengths, expected_state)
+            torch.testing.assert_close(prefill(ids, lengths, captured_state), expected, atol=1e-5, rtol=0)
+            for name, tensor in expected_state.items():
+                torch.testing.assert_close(captured_state[name], tensor, atol=1e-5, rtol=0, msg=name)
+            for name in expected_state:  # room to decode, as the engine's resize does
+                if name[:-1] in ("k", "v"):
+                    for s in (expected_state, captured_state):
+                        s[name] = torch.cat([s[name], s[name].new_zeros(B, c.n_kv_heads, 4, c.head_dim)], dim=2)
+            for t in range(4):
+                tokens, positions = ids[:, -1] * 0 + t, lengths + t
+                expected, _ = model.decode_step(tokens, positions, expected_state)
+                torch.testing.assert_close(decode(tokens, positions, captured_state), expected, atol=1e-5, rtol=0)
+            for name, tensor in expected_state.items():
+                torch.testing.assert_close(captured_state[name], tensor, atol=1e-5, rtol=0, msg=name)
+        merged.append(1 - expected_state["slots0"].sum().item() / ((lengths + 4).sum().item() * c.n_kv_heads))
+    assert 0.2 < max(merged) < 0.8  # decisions were mixed

@@ -16,12 +16,21 @@ Decode state per layer, per (batch row, KV head): "k", "v" (B, Hkv, T, D) slots;
 number of slots in use; "ksum", "vsum" (B, Hkv, D), "z" (B, Hkv) the open slot's weighted sums and
 weight; "glen" (B, Hkv) its group length; "ring_k", "ring_v" (B, Hkv, W, D) and "ring_z" (B, Hkv, W)
 the weighted inputs of the last W tokens, indexed by position % W. Sums are kept in fp32.
+
+The two cache regions are ops (zoo/ops): the one-shot prefill cache build (zoo::dmc_prefill_cache) and
+the decode step's decisions, state update and ragged attention (zoo::dmc_decode_attention); both return
+fresh tensors that this module writes into the state (the new slot with an index_put).
 """
 
 import torch
 
-from zoo.nn.attention import SelfAttention, cached_attention
+from zoo.nn.attention import SelfAttention
 from zoo.nn.rope import apply_rope
+from zoo.ops.dmc_decode_attention import STATE_OUTPUTS as DECODE_STATE_OUTPUTS
+from zoo.ops.dmc_decode_attention import dmc_decode_attention
+from zoo.ops.dmc_decode_attention.reference import zero_last_channel
+from zoo.ops.dmc_prefill_cache import OUTPUTS as PREFILL_OUTPUTS
+from zoo.ops.dmc_prefill_cache import dmc_prefill_cache
 
 EVAL_MASK = -50000.0  # the reference's additive mask for slots closed by a merge (SPECS 1.3)
 GUMBEL_TEMPERATURE = 0.1  # dmc_temp
@@ -37,10 +46,6 @@ def decisions(q: torch.Tensor, k: torch.Tensor, init_val: float) -> tuple[torch.
     q_group_mean = q[..., -1].float().view(B, Hkv, H // Hkv, L).mean(dim=2)
     omega = torch.sigmoid(q_group_mean + init_val) + torch.finfo(q.dtype).eps
     return logits, omega
-
-
-def zero_last_channel(x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x[..., :-1], torch.zeros_like(x[..., -1:])], dim=-1)
 
 
 def group_starts(alpha: torch.Tensor) -> torch.Tensor:
@@ -69,6 +74,15 @@ def partial_accumulation(x: torch.Tensor, alpha: torch.Tensor, omega: torch.Tens
     before = sums.gather(2, lo[..., None].expand(-1, -1, -1, sums.shape[-1]))
     window_sum = (sums[:, :, 1:] - before).float()
     return window_sum[..., 1:], window_sum[..., 0]
+
+
+def next_position(t: torch.Tensor) -> torch.Tensor:
+    """t_{j+1} at j along the last axis, 0 at the last position. A gather, not a slice of L - 1 positions:
+    slices of the symbolic length put guards on it under torch.export."""
+    L = t.shape[-1]
+    index = torch.arange(L, device=t.device)
+    shifted = t.gather(-1, (index + 1).clamp(max=L - 1).expand_as(t))
+    return shifted * (index < L - 1)
 
 
 def gumbel_sigmoid(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -101,16 +115,18 @@ def soft_partial_accumulation(x: torch.Tensor, alpha: torch.Tensor, omega: torch
 
 
 class DMCAttention(SelfAttention):
-    """Self-attention whose KV cache is compressed by DMC. Same projections as SelfAttention."""
+    """Self-attention whose KV cache is compressed by DMC. Same projections as SelfAttention.
+
+    merge_period: a benchmark control, None in normal use (DMCConfig.dmc_merge_period): when P, the decision
+    of position t is "append" iff t % P == 0 (compression ratio P exactly), whatever the channel says."""
 
     state_names = ("k", "v", "slots", "ksum", "vsum", "z", "glen", "ring_k", "ring_v", "ring_z")
 
-    def __init__(self, *args, init_val: float = 5.0, window: int = 12, **kwargs):
+    def __init__(self, *args, init_val: float = 5.0, window: int = 12, merge_period: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.init_val, self.window = init_val, window
-        # Benchmark control, None in normal use: when P, the decision of position t is "append" iff t % P
-        # == 0 (compression ratio P exactly), whatever the decision channel says.
-        self.merge_period: int | None = None
+        if merge_period is not None and merge_period < 1:
+            raise ValueError(f"merge_period must be None or >= 1, got {merge_period}")
+        self.init_val, self.window, self.merge_period = init_val, window, merge_period
 
     def hard_decisions(self, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """alpha in {0, 1} for positions (broadcast to logits' shape); the first token always appends."""
@@ -159,11 +175,16 @@ class DMCAttention(SelfAttention):
         return zero_last_channel(apply_rope(t, *rope)) if rope is not None else t
 
     def forward(self, x: torch.Tensor, rope, state: dict | None = None, lengths=None) -> torch.Tensor:
-        """The full-sequence forward (SPECS 1.3). In eval mode: hard decisions, partial accumulations and
-        the -50000 mask; with `state`, also the compressed cache at each row's `lengths` (one-shot
-        prefill). In training mode: Gumbel-sigmoid decisions (temperature 0.1), soft accumulations and
-        the mask log(1 - alpha_{j+1}). Either way self.mean_decision holds each row's mean hard decision (B,),
-        straight-through in training (the decisions the DMC loss counts, SPECS 1.3)."""
+        """The full-sequence forward (forward_with_decisions without the decisions)."""
+        return self.forward_with_decisions(x, rope, state, lengths)[0]
+
+    def forward_with_decisions(self, x: torch.Tensor, rope, state: dict | None = None, lengths=None):
+        """The full-sequence forward (SPECS 1.3) and each row's mean hard decision (B,) over heads and the
+        positions after the first: the decisions the DMC loss counts, straight-through in training.
+
+        In eval mode: hard decisions, partial accumulations and the -50000 mask; with `state`, also the
+        compressed cache at each row's `lengths` (one-shot prefill, zoo::dmc_prefill_cache). In training
+        mode: Gumbel-sigmoid decisions (temperature 0.1), soft accumulations and the mask log(1 - alpha_{j+1})."""
         B, L, _ = x.shape
         q, k, v = self.project(x, rope=None)  # pre-RoPE: decisions read them
         logits, omega = decisions(q, k, self.init_val)
@@ -171,17 +192,18 @@ class DMCAttention(SelfAttention):
         if self.training:
             alpha = gumbel_sigmoid(logits, GUMBEL_TEMPERATURE)
             acc, weight = soft_partial_accumulation(kv, alpha, omega, self.window)
-            closed = torch.log1p(-alpha[..., 1:].clamp(max=1 - 1e-6))  # (B, Hkv, L-1): key j from alpha_{j+1}
+            closed = torch.log1p(-next_position(alpha).clamp(max=1 - 1e-6))  # key j closed by alpha_{j+1}
         else:
             alpha = self.hard_decisions(logits, torch.arange(L, device=x.device))
             acc, weight = partial_accumulation(kv, alpha, omega, self.window)
-            closed = EVAL_MASK * alpha[..., 1:]
+            closed = EVAL_MASK * next_position(alpha)
         hard = alpha if not self.training else (alpha > 0.5).float() + alpha - alpha.detach()
-        self.mean_decision = hard[..., 1:].mean(dim=(1, 2))
+        after_first = (torch.arange(L, device=x.device) > 0).float()  # alpha_0 does not count
+        mean_decision = (hard * after_first).sum(dim=(1, 2)) / (self.n_kv_heads * (L - 1))
         pooled = (acc / weight[..., None]).to(x.dtype)
         k_slot, v_slot = self.rotate(pooled[..., : self.head_dim], rope), pooled[..., self.head_dim :]
         # query i sees its own partial state, and state j < i while token j+1 did not merge into it
-        bias = torch.cat([closed, torch.zeros_like(alpha[..., :1])], dim=-1)[:, :, None, :].expand(B, -1, L, L)
+        bias = closed[:, :, None, :].expand(B, -1, L, L)
         diagonal = torch.eye(L, dtype=torch.bool, device=x.device)
         future = torch.triu(torch.ones(L, L, dtype=torch.bool, device=x.device), diagonal=1)
         bias = bias.masked_fill(diagonal, 0.0).masked_fill(future, float("-inf"))
@@ -191,84 +213,40 @@ class DMCAttention(SelfAttention):
         out = scores.softmax(dim=-1).to(v_slot.dtype) @ v_slot[:, :, None]
         if state is not None:
             self.build_cache(state, lengths, alpha, omega, kv, acc, weight, k_slot, v_slot)
-        return self.output(out.reshape(B, self.n_heads, L, self.head_dim))
+        return self.output(out.reshape(B, self.n_heads, L, self.head_dim)), mean_decision
 
-    @torch.no_grad()
     def build_cache(self, state, lengths, alpha, omega, kv, acc, weight, k_slot, v_slot):
-        """The compressed cache after each row's last prompt token, from the full-sequence pass: slot j is
-        kept when token j+1 did not merge into it, or j is the row's last token (SPECS 1.4, one-shot)."""
-        B, Hkv, L = alpha.shape
-        T, D = state["k"].shape[2], self.head_dim
-        index = torch.arange(L, device=alpha.device)
-        last = (lengths - 1)[:, None, None]  # (B, 1, 1)
-        next_appends = torch.cat([alpha[..., 1:] == 0, torch.ones_like(alpha[..., :1], dtype=torch.bool)], dim=-1)
-        keep = (index <= last) & (next_appends | (index == last))
-        kept = keep.sum(-1)
-        if int(kept.max()) > T:
-            raise ValueError(f"the prompt needs {int(kept.max())} cache slots in a head; the cache holds {T}")
-        # the kept positions of each head first, in order (a stable sort), then gathered into slots 0..
-        n = min(T, L)
-        order = torch.sort((~keep).to(torch.uint8), dim=-1, stable=True).indices[..., :n, None].expand(-1, -1, -1, D)
-        state["k"][:, :, :n] = k_slot.gather(2, order)
-        state["v"][:, :, :n] = v_slot.gather(2, order)
-        state["slots"].copy_(kept)
-        # the open slot's running state at the last prompt token
-        at_last = last.expand(B, Hkv, 1)
-        state["ksum"].copy_(acc[..., :D].gather(2, at_last[..., None].expand(-1, -1, -1, D))[:, :, 0])
-        state["vsum"].copy_(acc[..., D:].gather(2, at_last[..., None].expand(-1, -1, -1, D))[:, :, 0])
-        state["z"].copy_(weight.gather(2, at_last)[..., 0])
-        start = group_starts(alpha).gather(2, at_last)[..., 0]
-        state["glen"].copy_((last[..., 0] - start + 1).float())
-        # ring buffer: the weighted inputs of the trailing group's last W tokens, at position % W
-        for back in range(self.window):
-            s = (last[..., 0] - back).expand(B, Hkv)
-            valid = (s >= start) & (s >= 0)
-            s = s.clamp(min=0)
-            w = omega.gather(2, s[..., None])[..., 0]
-            x = kv.float().gather(2, s[..., None, None].expand(-1, -1, 1, 2 * D))[:, :, 0] * w[..., None]
-            slot = (s % self.window)[..., None]
-            for name, value in (("ring_k", x[..., :D]), ("ring_v", x[..., D:])):
-                old = state[name].gather(2, slot[..., None].expand(-1, -1, 1, D))[:, :, 0]
-                new = torch.where(valid[..., None], value, old)
-                state[name].scatter_(2, slot[..., None].expand(-1, -1, 1, D), new[:, :, None])
-            old_z = state["ring_z"].gather(2, slot)[..., 0]
-            state["ring_z"].scatter_(2, slot, torch.where(valid, w, old_z)[..., None])
+        """The compressed cache after each row's last prompt token, from the full-sequence pass (SPECS 1.4,
+        one-shot), written into `state`. The cache must hold the whole prompt (T >= L), as the engine
+        allocates it: no overflow check here, so that the region captures without a host sync."""
+        capacity = state["k"].shape[2]
+        built = dmc_prefill_cache(alpha, omega, kv, acc, weight, k_slot, v_slot, lengths, capacity, self.window)
+        for name, value in zip(PREFILL_OUTPUTS, built):
+            state[name].copy_(value)
 
     def decode(self, x: torch.Tensor, positions: torch.Tensor, rope, state: dict) -> torch.Tensor:
         """One token per row at `positions` (B,): update the open slot or open a new one, per KV head
-        (SPECS 1.2), then attend to each head's slots."""
+        (SPECS 1.2), then attend to each head's slots, in one op (zoo::dmc_decode_attention); the new or
+        merged slot is written into the cache at index slots-1."""
         B = x.shape[0]
-        D, Hkv = self.head_dim, self.n_kv_heads
-        q, k, v = self.project(x, rope=None)  # pre-RoPE: decisions read them
-        logits, omega = decisions(q, k, self.init_val)
-        alpha = self.hard_decisions(logits[..., 0], positions[:, None])  # (B, Hkv)
-        omega = omega[..., 0]
-        k_in, v_in = zero_last_channel(k)[:, :, 0].float(), v[:, :, 0].float()
-        glen = alpha * state["glen"] + 1
-        ksum = alpha[..., None] * state["ksum"] + omega[..., None] * k_in
-        vsum = alpha[..., None] * state["vsum"] + omega[..., None] * v_in
-        z = alpha * state["z"] + omega
-        if self.window > 0:
-            # a group longer than W drops the token W steps back, held in the ring at the same index
-            slot = (positions % self.window)[:, None, None].expand(B, Hkv, 1)
-            overflow = (glen > self.window).float()
-            ring_index = slot[..., None].expand(-1, -1, -1, D)
-            ksum = ksum - overflow[..., None] * state["ring_k"].gather(2, ring_index)[:, :, 0]
-            vsum = vsum - overflow[..., None] * state["ring_v"].gather(2, ring_index)[:, :, 0]
-            z = z - overflow * state["ring_z"].gather(2, slot)[..., 0]
-            state["ring_k"].scatter_(2, ring_index, (omega[..., None] * k_in)[:, :, None])
-            state["ring_v"].scatter_(2, ring_index, (omega[..., None] * v_in)[:, :, None])
-            state["ring_z"].scatter_(2, slot, omega[..., None])
-        for name, value in (("glen", glen), ("ksum", ksum), ("vsum", vsum), ("z", z)):
+        q, k, v = self.project(x, rope=None)  # pre-RoPE: the op reads the decisions from them
+        if rope is not None:
+            cos, sin = rope[0][:, 0, 0], rope[1][:, 0, 0]  # (B, D)
+        else:
+            cos = torch.ones(B, self.head_dim, dtype=x.dtype, device=x.device)
+            sin = torch.zeros_like(cos)
+        small = [state[name] for name in DECODE_STATE_OUTPUTS]
+        out, new_k, new_v, *updated = dmc_decode_attention(
+            q[:, :, 0], k[:, :, 0], v[:, :, 0], cos, sin, positions, state["k"], state["v"], *small,
+            self.init_val, self.window, self.scale, self.merge_period or 0,
+        )  # fmt: skip
+        for name, value in zip(DECODE_STATE_OUTPUTS, updated):
             state[name].copy_(value)
-        slots = state["slots"] + 1 - alpha.long()
-        state["slots"].copy_(slots)
         # index_put into the slot each head writes (its open slot), in place also under torch.compile
-        rows, heads = torch.arange(B, device=x.device)[:, None], torch.arange(Hkv, device=x.device)
-        state["k"][rows, heads, slots - 1] = self.rotate((ksum / z[..., None]).to(x.dtype)[:, :, None], rope)[:, :, 0]
-        state["v"][rows, heads, slots - 1] = (vsum / z[..., None]).to(x.dtype)
-        attn = cached_attention(self.rotate(q, rope), state["k"], state["v"], slots - 1, self.scale)
-        return self.output(attn)
+        rows, heads = torch.arange(B, device=x.device)[:, None], torch.arange(self.n_kv_heads, device=x.device)
+        state["k"][rows, heads, updated[0] - 1] = new_k
+        state["v"][rows, heads, updated[0] - 1] = new_v
+        return self.output(out[:, :, None])
 
 
 def compression_ratios(state: dict, positions: torch.Tensor, n_layers: int) -> dict:

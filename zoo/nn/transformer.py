@@ -7,8 +7,8 @@ export:
 - `decode_step(tokens, positions, state)` -> (logits (B, V), state): one token per row at its own position.
 `state` is a dict of tensors made by `init_state`; here {"k0", "v0", "k1", "v1", ...}, one (B, Hkv, T, D)
 pair per layer. Separate tensors, not one stacked (layers, ...) tensor: a compiled step that writes into
-views of one stacked input copies the whole cache once per layer (measured: 153 ms against 27 ms eager,
-llama-small, batch 8, 1152 slots), while writes into whole inputs are done in place.
+views of one stacked input copies the whole cache once per layer, while writes into whole inputs are
+done in place (figures in docs/architecture.md).
 """
 
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ from zoo.nn.attention import SelfAttention
 from zoo.nn.mlp import MLP, GatedMLP
 from zoo.nn.norms import make_norm
 from zoo.nn.rope import RotaryEmbedding
-from zoo.nn.state import allocate, layer_view
+from zoo.nn.state import StateEntry, allocate_state, layer_view, state_spec
 
 
 @dataclass
@@ -111,7 +111,14 @@ def make_attention(c: DecoderConfig) -> nn.Module:
         from zoo.nn.dmc import DMCAttention
 
         return DMCAttention(
-            c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, init_val=c.dmc_init_val, window=c.dmc_window, **kwargs
+            c.d_model,
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim,
+            init_val=c.dmc_init_val,
+            window=c.dmc_window,
+            merge_period=c.dmc_merge_period,
+            **kwargs,
         )
     return SelfAttention(c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, **kwargs)
 
@@ -149,12 +156,6 @@ class DecoderLM(nn.Module):
         self.lm_head = None if c.tie_embeddings else nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.reset_parameters()
 
-    @property
-    def static_graph(self) -> bool:
-        """Whether decode_step is one graph with static shapes. Grouped MoE compute splits tokens by expert
-        with data-dependent sizes, so torch.compile breaks the graph around it."""
-        return self.config.mlp != "moe"
-
     def reset_parameters(self):
         """Linear and embedding weights ~ N(0, init_std), biases 0, norm weights 1."""
         for module in self.modules():
@@ -188,13 +189,16 @@ class DecoderLM(nn.Module):
             x = layer(x, rope)
         return self.logits(x)
 
+    def stateful_layers(self):
+        """(layer index, the module that declares its decode state) for every layer with state."""
+        return [(i, layer.attn) for i, layer in enumerate(self.layers)]
+
+    def state_spec(self) -> list[StateEntry]:
+        return state_spec(self.stateful_layers())
+
     def init_state(self, batch: int, max_len: int, dtype=None, device=None) -> dict[str, torch.Tensor]:
         param = next(self.parameters())
-        dtype, device = dtype or param.dtype, device or param.device
-        state = {}
-        for i, layer in enumerate(self.layers):
-            state.update(allocate(layer.attn.state_shapes(batch, max_len), i, dtype, device))
-        return state
+        return allocate_state(self.state_spec(), batch, max_len, dtype or param.dtype, device or param.device)
 
     def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, state: dict[str, torch.Tensor]):
         """input_ids: (B, L) right-padded; lengths: (B,) real prompt lengths. Returns logits at lengths-1."""

@@ -13,12 +13,15 @@ from zoo.errors import ZooError
 from zoo.models.dmc.config import DMCConfig
 
 
-def dmc_config_from(llama_config, window: int = 12, init_val: float = 5.0, target_cr: float = 1.0) -> DMCConfig:
+def dmc_config_from(
+    llama_config, window: int = 12, init_val: float = 5.0, target_cr: float = 1.0, merge_period: int | None = None
+) -> DMCConfig:
+    """merge_period: the benchmark control DMCConfig.dmc_merge_period (None: decisions from the channel)."""
     if llama_config.family not in ("llama", "dmc"):
         raise ZooError(f"DMC retrofits a llama-family model, not {llama_config.family!r}")
     values = llama_config.to_dict() | {"attention": "dmc"}
     values |= {"dmc_window": window, "dmc_init_val": init_val, "dmc_target_cr": target_cr}
-    return DMCConfig(**values)
+    return DMCConfig(**values | {"dmc_merge_period": merge_period})
 
 
 @torch.no_grad()
@@ -34,11 +37,13 @@ def zero_decision_rows(model) -> None:
 
 
 @torch.no_grad()
-def dmc_from_llama(llama_model, window: int = 12, init_val: float = 5.0, zero_rows: bool = True):
+def dmc_from_llama(
+    llama_model, window: int = 12, init_val: float = 5.0, zero_rows: bool = True, merge_period: int | None = None
+):
     """A DMC model holding `llama_model`'s weights (decision rows zeroed unless zero_rows=False)."""
     from zoo.registry import build_from_config
 
-    config = dmc_config_from(llama_model.config, window, init_val)
+    config = dmc_config_from(llama_model.config, window, init_val, merge_period=merge_period)
     model = build_from_config(config, dtype=next(llama_model.parameters()).dtype)
     model.load_state_dict(llama_model.state_dict())
     if zero_rows:
@@ -52,6 +57,28 @@ def next_token_loss(model, batch: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
 
 
+def forward_with_decisions(model, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DMC model's forward (as DecoderLM.forward: pre-norm blocks) returning (logits, decisions): each
+    layer's mean hard decision per row (layers, B), straight-through in training (SPECS 1.3)."""
+    B, L = input_ids.shape
+    positions = torch.arange(L, device=input_ids.device).expand(B, L)
+    x = model.embed_tokens(input_ids, positions)
+    rope = model.rope(positions, x.dtype)
+    decisions = []
+    for layer in model.layers:
+        attended, mean_decision = layer.attn.forward_with_decisions(layer.attn_norm(x), rope)
+        x = x + attended
+        x = x + layer.mlp(layer.mlp_norm(x))
+        decisions.append(mean_decision)
+    return model.logits(x), torch.stack(decisions)
+
+
+def next_token_loss_and_decisions(model, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """next_token_loss of a DMC model, and its decisions (layers, B) on the batch."""
+    logits, decisions = forward_with_decisions(model, batch[:, :-1])
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten()), decisions
+
+
 def random_batches(data: torch.Tensor, batch_size: int, seed: int):
     """Endless batches of random rows of `data`; the same seed gives the same batches."""
     generator = torch.Generator().manual_seed(seed)
@@ -59,12 +86,11 @@ def random_batches(data: torch.Tensor, batch_size: int, seed: int):
         yield data[torch.randint(0, len(data), (batch_size,), generator=generator)]
 
 
-def dmc_loss(model, target_cr: float) -> torch.Tensor:
-    """One-sided compression loss of the last forward (SPECS 1.3): mean over the batch of
+def dmc_loss(decisions: torch.Tensor, target_cr: float) -> torch.Tensor:
+    """One-sided compression loss (SPECS 1.3) of a forward's decisions (layers, B): mean over the batch of
     relu(prior - mean over layers of the mean decision), prior = 1 - 1 / target_cr. It penalises only
     compressing less than the target."""
     prior = 1.0 - 1.0 / target_cr
-    decisions = torch.stack([layer.attn.mean_decision for layer in model.layers])  # (layers, B)
     return torch.relu(prior - decisions.mean(dim=0)).mean()
 
 
@@ -81,8 +107,8 @@ def evaluate(model, batch: torch.Tensor) -> tuple[float, float]:
     The ratio is 1 / (1 - mean merge rate) over layers, heads and positions after the first."""
     was_training = model.training
     model.eval()
-    loss = next_token_loss(model, batch).item()
-    merged = torch.stack([layer.attn.mean_decision for layer in model.layers]).mean().item()
+    loss, decisions = next_token_loss_and_decisions(model, batch)
+    loss, merged = loss.item(), decisions.mean().item()
     model.train(was_training)
     return loss, 1.0 / (1.0 - merged)
 
@@ -111,7 +137,8 @@ def retrofit(
             history.append({"step": step, "target_cr": target_at(step, steps, target_cr), "loss": loss, "cr": ratio})
         if step == steps:
             break
-        loss = next_token_loss(model, next(batches)) + dmc_loss(model, target_at(step, steps, target_cr))
+        loss, decisions = next_token_loss_and_decisions(model, next(batches))
+        loss = loss + dmc_loss(decisions, target_at(step, steps, target_cr))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
