@@ -128,7 +128,7 @@ class HFRunner:
 def load_target(target: str, dtype: torch.dtype, seed: int, compare: str | None):
     """(zoo model, HF peer model or None). With a peer, both hold the same weights: a named model gets
     random HF weights that the zoo loads through its converter; an HF directory is loaded by both."""
-    from zoo.registry import from_pretrained, get_config, is_checkpoint_dir, load_model
+    from zoo.registry import build_hf_twin, from_pretrained, get_config, is_checkpoint_dir, load_model
 
     if compare is None:
         return load_model(target, dtype=dtype, seed=seed), None
@@ -142,7 +142,7 @@ def load_target(target: str, dtype: torch.dtype, seed: int, compare: str | None)
             raise ZooError("--compare hf needs a model name or an HF-format checkpoint directory")
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(target, dtype=dtype).eval()
         return from_pretrained(target, dtype=dtype), hf_model
-    hf_model = build_hf_twin(get_config(target), seed, transformers).to(dtype)
+    hf_model = build_hf_twin(get_config(target), seed).to(dtype)
     with tempfile.TemporaryDirectory() as tmp, quiet_hf_progress(transformers):
         hf_model.save_pretrained(tmp)
         return from_pretrained(tmp, dtype=dtype), hf_model
@@ -158,22 +158,6 @@ def quiet_hf_progress(transformers):
     finally:
         if was_enabled:
             transformers.utils.logging.enable_progress_bar()
-
-
-def build_hf_twin(config, seed: int, transformers):
-    from zoo.registry import family_of
-
-    converter = family_of(config).hf_twin_converter
-    if converter is None:
-        raise ZooError(f"HF has no twin of the {config.family} family")
-    kwargs = converter.hf_config_from(config)
-    model_type = kwargs.pop("model_type")
-    hf_config = transformers.AutoConfig.for_model(
-        model_type, **kwargs, bos_token_id=None, eos_token_id=None, pad_token_id=None
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return transformers.AutoModelForCausalLM.from_config(hf_config).eval()
 
 
 def measure(runner, prompts, gen_len, grid: Grid, device) -> list[Run]:

@@ -114,17 +114,12 @@ def lower_to_core_aten(program: torch.export.ExportedProgram):
 
 def fused_pipeline() -> list[Pass]:
     """The passes that take a captured program to its fused form."""
-    from passes import idiom_fusion_pass as idioms
+    from passes.idiom_fusion_pass import IDIOMS
     from passes.kernel_select_pass import kernel_select_pass
 
     return [
         Pass("core_aten", lower_to_core_aten, on_program=True),
-        # residual add + norm first: it takes the norms that follow an add, plain RMSNorm the rest
-        Pass("idiom_fusion.add_rms_norm", idioms.fuse_add_rms_norm),
-        Pass("idiom_fusion.rms_norm", idioms.fuse_rms_norm),
-        Pass("idiom_fusion.gated_rms_norm", idioms.fuse_gated_rms_norm),
-        Pass("idiom_fusion.swiglu", idioms.fuse_swiglu),
-        Pass("idiom_fusion.rope", idioms.fuse_rope),
+        *(Pass(f"idiom_fusion.{name}", fuse) for name, fuse in IDIOMS.items()),  # in IDIOMS' order
         Pass("kernel_select", kernel_select_pass),
     ]
 

@@ -3,9 +3,10 @@ prefill + decode-step loop on one of several backends.
 
 Backends:
 - "torch": eager PyTorch.
-- "compiled": the decode step under torch.compile with the zoo backend (passes/backend.py: zoo graph
-  passes, then inductor), with static shapes: the cache length is rounded up to a multiple of
-  CACHE_BUCKET so that requests of similar size reuse one compiled graph.
+- "compiled": prefill and decode step under torch.compile with the zoo backend (passes/backend.py: zoo
+  graph passes, then inductor). Prefill has dynamic shapes (one graph for all prompt lengths); the decode
+  step has static shapes: the cache length is rounded up to a multiple of CACHE_BUCKET so that requests of
+  similar size reuse one compiled graph.
 
 A compressed cache (DMC: fewer slots than tokens) is sized by the slots it holds, not by the tokens: the
 prefill gets room for the whole prompt, the cache is then cut to the slots in use plus headroom, and it
@@ -95,16 +96,31 @@ def check_backend(name: str) -> None:
     )
 
 
+# Every model of a family shares one decode_step code object, and each cache-length bucket is a graph of
+# its own: Dynamo's default limit of 8 graphs per code object is too few for a process that serves
+# several models or long requests.
+RECOMPILE_LIMIT = 64
+
+
+def _compile(fn, dynamic: bool):
+    from passes.backend import zoo_inductor
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    return torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=zoo_inductor)
+
+
 def decode_step_of(model: torch.nn.Module, backend: str):
     """model.decode_step as a backend runs it: as is ("torch"), or under torch.compile with the zoo backend
     and static shapes ("compiled"; one graph per cache size)."""
     check_backend(backend)
-    if backend == "torch":
-        return model.decode_step
-    from passes.backend import zoo_inductor
+    return model.decode_step if backend == "torch" else _compile(model.decode_step, dynamic=False)
 
-    fullgraph = getattr(model, "static_graph", True)  # data-dependent MoE dispatch breaks the graph
-    return torch.compile(model.decode_step, fullgraph=fullgraph, dynamic=False, backend=zoo_inductor)
+
+def prefill_of(model: torch.nn.Module, backend: str):
+    """model.prefill as a backend runs it: as is ("torch"), or under torch.compile with the zoo backend and
+    dynamic shapes ("compiled": one graph for every batch size and prompt length)."""
+    check_backend(backend)
+    return model.prefill if backend == "torch" else _compile(model.prefill, dynamic=True)
 
 
 class Engine:
@@ -119,6 +135,7 @@ class Engine:
 
     def __init__(self, model: torch.nn.Module, backend: str = "torch", weight_layout: str = "auto"):
         self._decode = decode_step_of(model, backend)  # raises first for a backend that cannot run
+        self._prefill = prefill_of(model, backend)
         if weight_layout not in WEIGHT_LAYOUTS:
             raise ZooError(f"unknown weight layout {weight_layout!r}; available: {', '.join(WEIGHT_LAYOUTS)}")
         if weight_layout == "auto" and next(model.parameters()).device.type != "cpu":
@@ -188,7 +205,8 @@ class Engine:
         return state if wanted == capacity else self.model.resize_cache(state, wanted)
 
     def warmup(self, prompts: list[list[int]], max_new_tokens: int) -> float:
-        """Run the request's shapes once (this compiles the compiled backend's decode step); returns seconds."""
+        """Run the request's shapes once (this compiles the compiled backend's prefill and decode step);
+        returns the seconds it took."""
         start = time.perf_counter()
         longest = max(len(p) for p in prompts)
         self.generate_with_stats(
@@ -243,7 +261,7 @@ class Engine:
         state = self.model.init_state(batch, longest if compressed else cache_length)
 
         result = GenerationResult(tokens=[[] for _ in prompts], start_time=time.perf_counter())
-        logits, state = self.model.prefill(input_ids, lengths, state)
+        logits, state = self._prefill(input_ids, lengths, state)
         if compressed:
             state = self.fit_compressed_cache(state, cache_length, after_prefill=True)
         result.state_bytes = sum(t.nbytes for t in state.values())

@@ -10,15 +10,21 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.harness import build_hf_twin  # noqa: E402
+from zoo.registry import build_hf_twin  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Every test compiles from a clean torch.compile cache: DecoderLM.decode_step is one code object for
+    every model, and the recompiles of a whole session would otherwise reach Dynamo's recompile limit."""
+    yield
+    torch._dynamo.reset()
 
 
 def make_hf_model(config, seed: int = 0):
-    """The HF twin of a zoo config (benchmarks.harness.build_hf_twin), with weights large enough that
+    """The HF twin of a zoo config (zoo.registry.build_hf_twin), with weights large enough that
     logits are O(1) and differ between tokens (HF's 0.02 init makes every logit nearly 0)."""
-    import transformers
-
-    return informative_weights(build_hf_twin(config, seed, transformers), seed)
+    return informative_weights(build_hf_twin(config, seed), seed)
 
 
 def informative_weights(model, seed: int = 0):

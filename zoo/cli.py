@@ -205,10 +205,10 @@ def generate_command(
     engine = Engine.load(model, backend=backend, dtype=torch_dtype(dtype), seed=seed)
     engine.check_request(prompts, max_new_tokens, set(eos_id))  # before a slow compile
     if backend == "compiled":
-        with status_line("compiling the decode step (torch.compile)", quiet=as_json):
+        with status_line("compiling prefill and decode step (torch.compile)", quiet=as_json):
             seconds = engine.warmup(prompts, max_new_tokens)
         if not as_json:
-            click.echo(f"compiled the decode step in {seconds:.1f} s", err=True)
+            click.echo(f"compiled prefill and decode step in {seconds:.1f} s", err=True)
     result = engine.generate_with_stats(
         prompts,
         max_new_tokens,
@@ -351,16 +351,11 @@ def kernels_command(as_json):
     from zoo.errors import require
 
     require("triton", "triton")
-    from zoo.ops.triton_aot import compile_kernel, kernel_specs
+    from zoo.ops.triton_aot import compile_all
 
-    results, failures = [], 0
     with status_line("compiling the Triton kernels for sm_90", quiet=as_json):
-        for op, spec in kernel_specs():
-            try:
-                results.append({"ok": True, **compile_kernel(spec, op).summary()})
-            except Exception as exc:  # a compiler error of one kernel is reported, the others still compile
-                failures += 1
-                results.append({"ok": False, "name": spec.name, "op": op, "error": str(exc).splitlines()[0]})
+        results = compile_all(90)
+    failures = sum(not r["ok"] for r in results)
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
@@ -383,6 +378,39 @@ def kernels_command(as_json):
         print_table("Triton kernels compiled for sm_90", columns, rows, right=tuple(columns[3:]))
     if failures:
         raise ZooError(f"{failures} of {len(results)} kernels failed to compile for sm_90")
+
+
+@main.command("export")
+@click.argument("model")
+@click.option("--format", "format_", type=click.Choice(["onnx", "tensorrt"]), default="onnx", show_default=True)
+@click.option("--fused/--unfused", default=True, show_default=True, help="zoo-domain op nodes, or standard ops only.")
+@click.option(
+    "--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None, help="Default: the model's."
+)
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="The artifact directory to write.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing artifact at --out (other files in it are kept). A non-empty directory that is "
+    "not an artifact is always refused.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random weights of a model name.")
+def export_command(model, format_, fused, dtype, out, overwrite, seed):
+    """Export MODEL (a registered name or checkpoint directory) as an artifact directory: its prefill and
+    decode step as ONNX graphs (dynamic batch, prompt and cache lengths) and a manifest with sha256 hashes."""
+    from zoo.checkpoint import check_output_directory
+
+    if format_ == "tensorrt":
+        raise ZooError("--format tensorrt is not implemented yet; export --format onnx")
+    from export.artifact import is_artifact
+    from export.onnx import export_onnx
+    from zoo.registry import load_model
+
+    check_output_directory(out, overwrite, holds_ours=is_artifact, kind="zoo artifact")  # before any work
+    loaded = load_model(model, dtype=torch_dtype(dtype), seed=seed)
+    with status_line(f"exporting {model} to ONNX ({'fused' if fused else 'unfused'})", quiet=False):
+        path = export_onnx(loaded, out, fused=fused, overwrite=overwrite)
+    click.echo(f"wrote {path}: {loaded.config.family} prefill.onnx and decode.onnx ({'fused' if fused else 'unfused'})")
 
 
 def int_list(ctx, param, value: str) -> tuple[int, ...]:

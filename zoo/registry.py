@@ -10,7 +10,7 @@ import torch
 
 from zoo import checkpoint
 from zoo.config import ModelConfig
-from zoo.errors import CheckpointError, UnknownModelError
+from zoo.errors import CheckpointError, UnknownModelError, ZooError
 from zoo.models.dmc import config as dmc_config
 from zoo.models.dmc import megatron as dmc_megatron
 from zoo.models.gpt import config as gpt_config
@@ -202,3 +202,22 @@ def list_models() -> list[dict]:
                 )
             )
     return rows
+
+
+def build_hf_twin(config: ModelConfig, seed: int = 0):
+    """The HF transformers model of `config`'s architecture (the family's HF twin, through its converter's
+    hf_config_from), with HF's random init from `seed`: the oracle of parity tests and the peer of `zoo bench`."""
+    from zoo.errors import require
+
+    transformers = require("transformers", "hf")
+    converter = family_of(config).hf_twin_converter
+    if converter is None:
+        raise ZooError(f"HF has no twin of the {config.family} family")
+    kwargs = converter.hf_config_from(config)
+    model_type = kwargs.pop("model_type")
+    hf_config = transformers.AutoConfig.for_model(
+        model_type, **kwargs, bos_token_id=None, eos_token_id=None, pad_token_id=None
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transformers.AutoModelForCausalLM.from_config(hf_config).eval()

@@ -9,9 +9,11 @@ kernels` its table, and gives a TensorRT plugin its PTX.
 """
 
 import importlib
+import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,11 +49,12 @@ class CompiledKernel:
 
 
 def _jit_function(fn):
-    """The JITFunction of `fn`. Under TRITON_INTERPRET=1, @triton.jit returns an InterpretedFunction, which
-    triton.compile cannot take; its Python function is rewrapped (kernels must not call other jit functions)."""
+    """The JITFunction of `fn` (compile_kernel runs only where TRITON_INTERPRET is off: compile_all)."""
     from triton.runtime.jit import JITFunction
 
-    return fn if isinstance(fn, JITFunction) else JITFunction(fn.fn)
+    if not isinstance(fn, JITFunction):
+        raise RuntimeError("Triton kernels compile ahead of time only without TRITON_INTERPRET=1 (use compile_all)")
+    return fn
 
 
 def ptxas_resources(ptx: str, arch: str = "sm_90a") -> tuple[int | None, int | None]:
@@ -112,3 +115,33 @@ def kernel_specs() -> list[tuple[str, KernelSpec]]:
         module = importlib.import_module(f"zoo.ops.{folder}.triton_kernel")
         specs += [(folder, spec) for spec in module.TRITON_KERNELS]
     return specs
+
+
+def _compile_specs(capability: int) -> list[dict]:
+    results = []
+    for op, spec in kernel_specs():
+        try:
+            results.append({"ok": True, **compile_kernel(spec, op, capability).summary()})
+        except Exception as exc:  # a compiler error of one kernel is reported, the others still compile
+            results.append({"ok": False, "name": spec.name, "op": op, "error": str(exc).splitlines()[0]})
+    return results
+
+
+def compile_all(capability: int = 90) -> list[dict]:
+    """Compile every kernel of the library for sm_<capability>: one summary dict per kernel ("ok", and the
+    CompiledKernel fields or an "error"). Under Triton's interpreter (TRITON_INTERPRET=1, as in the tests)
+    @triton.jit and triton.language's own jitted helpers (tl.sum, tl.cumsum, ...) are interpreted functions
+    that triton.compile cannot take, so the compilation then runs in a child process without it."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return _compile_specs(capability)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    child = subprocess.run(
+        [sys.executable, "-m", "zoo.ops.triton_aot", str(capability)], env=env, capture_output=True, text=True
+    )
+    if child.returncode != 0:
+        raise RuntimeError(f"kernel compilation failed: {(child.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(child.stdout)
+
+
+if __name__ == "__main__":
+    print(json.dumps(_compile_specs(int(sys.argv[1]) if len(sys.argv) > 1 else 90)))
