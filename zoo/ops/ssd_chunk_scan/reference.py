@@ -40,13 +40,16 @@ def ssd_chunk_scan_ref(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x: (b, L, h, p); dt: (b, L, h), already softplus'd; A: (h,); B, C: (b, L, g, n);
     initial_state: (b, h, p, n). Returns y (b, L, h, p) and the state after position L-1 (b, h, p, n),
-    both fp32. L is padded with dt = 0 to a multiple of chunk_size.
+    both fp32. L is padded with dt = 0 to a multiple of chunk_size (plus one chunk, see below).
 
     ssd_minimal_discrete's einsums are written as matmuls over a (b, h, chunk, position, .) layout: traced
     as the op's decomposition, einsum's handling of size-1 dimensions would guard on the batch size.
     """
     b, L, h, p = x.shape
-    chunks = (L + chunk_size - 1) // chunk_size
+    # one whole chunk of padding more than needed: the number of chunks is then >= 2 for every L, so a
+    # graph traced from this function (the op's decomposition) holds for any number of chunks instead of
+    # guarding on the example's (a size-1 dimension gets its own strides and broadcasting rules)
+    chunks = (L + chunk_size - 1) // chunk_size + 1
     pad = chunks * chunk_size - L
     x, dt, B, C = (F.pad(t.float(), (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
     B, C = heads_from_groups(B, h, dim=2), heads_from_groups(C, h, dim=2)
