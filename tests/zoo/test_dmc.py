@@ -97,7 +97,7 @@ def test_cached_decode_matches_eval_forward_with_merging(window):
 
 
 def per_head_loop(k, v, alpha, omega, window):
-    """The merge rule, one token at a time (SPECS 1.2): slot = weighted mean of the last <= W tokens of
+    """The merge rule, one token at a time (docs/algorithms.md §1.2): slot = weighted mean of the last <= W tokens of
     its group (W = 0: all of them), its key rotated at its newest token. Returns [(key mean, value mean,
     newest position)] per slot, and the open slot's (key, value) mean after every position."""
     slots, means, members = [], [], []

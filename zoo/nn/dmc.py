@@ -1,6 +1,6 @@
-"""Dynamic Memory Compression attention (Nawrot et al. 2024; SPECS section 1), inference (hard decisions).
+"""Dynamic Memory Compression attention (Nawrot et al. 2024; docs/algorithms.md §1), inference (hard decisions).
 
-Decisions come from repurposed channels, with no new parameters (SPECS 1.1). The released code and
+Decisions come from repurposed channels, with no new parameters (docs/algorithms.md §1.1). The released code and
 checkpoints use the **last** channel D-1 of the pre-RoPE projections, not the paper's first channel,
 and so does this module:
 - alpha_t = 1[k_t[D-1] - c > 0] per KV head (c = init value 5): token t merges into the open slot;
@@ -10,7 +10,7 @@ Both channels are then zeroed for attention, before and after RoPE (the referenc
 the last channel of its output); the softmax scale stays 1/sqrt(D).
 
 A slot holds the weighted mean of the last <= W tokens of its group (W = window, 0 = the whole group)
-(SPECS 1.2), for keys (pre-RoPE, then rotated at the position of the group's newest token) and values.
+(docs/algorithms.md §1.2), for keys (pre-RoPE, then rotated at the position of the group's newest token) and values.
 
 Decode state per layer, per (batch row, KV head): "k", "v" (B, Hkv, T, D) slots; "slots" (B, Hkv) the
 number of slots in use; "ksum", "vsum" (B, Hkv, D), "z" (B, Hkv) the open slot's weighted sums and
@@ -32,14 +32,14 @@ from zoo.ops.dmc_decode_attention.reference import zero_last_channel
 from zoo.ops.dmc_prefill_cache import OUTPUTS as PREFILL_OUTPUTS
 from zoo.ops.dmc_prefill_cache import dmc_prefill_cache
 
-EVAL_MASK = -50000.0  # the reference's additive mask for slots closed by a merge (SPECS 1.3)
+EVAL_MASK = -50000.0  # the reference's additive mask for slots closed by a merge (docs/algorithms.md §1.3)
 GUMBEL_TEMPERATURE = 0.1  # dmc_temp
 
 
 def decisions(q: torch.Tensor, k: torch.Tensor, init_val: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Pre-RoPE q (B, H, L, D), k (B, Hkv, L, D) -> (decision logits a (B, Hkv, L), omega (B, Hkv, L)).
 
-    alpha = 1[a > 0]; omega = sigmoid(mean_group q[..., D-1] + init_val) + eps (SPECS 1.1)."""
+    alpha = 1[a > 0]; omega = sigmoid(mean_group q[..., D-1] + init_val) + eps (docs/algorithms.md §1.1)."""
     B, H, L, _ = q.shape
     Hkv = k.shape[1]
     logits = k[..., -1].float() - init_val
@@ -64,7 +64,7 @@ def window_starts(alpha: torch.Tensor, window: int) -> torch.Tensor:
 
 
 def partial_accumulation(x: torch.Tensor, alpha: torch.Tensor, omega: torch.Tensor, window: int):
-    """Every position's open-slot sums with hard decisions (SPECS 1.3): acc_i = sum over s in i's window
+    """Every position's open-slot sums with hard decisions (docs/algorithms.md §1.3): acc_i = sum over s in i's window
     of omega_s x_s, weight_i = sum of omega_s. x: (B, Hkv, L, C); alpha, omega: (B, Hkv, L).
 
     Window sums are differences of fp64 cumulative sums, so they are exact to fp32 precision."""
@@ -86,7 +86,7 @@ def next_position(t: torch.Tensor) -> torch.Tensor:
 
 
 def gumbel_sigmoid(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """sigmoid((logits + g1 - g2) / temperature), g1, g2 ~ Gumbel(0, 1) drawn in fp32 (SPECS 1.1)."""
+    """sigmoid((logits + g1 - g2) / temperature), g1, g2 ~ Gumbel(0, 1) drawn in fp32 (docs/algorithms.md §1.1)."""
     u1, u2 = torch.rand_like(logits).clamp(1e-10, 1.0), torch.rand_like(logits).clamp(1e-10, 1.0)
     g1, g2 = -torch.log(-torch.log(u1)), -torch.log(-torch.log(u2))
     return torch.sigmoid((logits + g1 - g2) / temperature)
@@ -100,8 +100,8 @@ def delayed(t: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def soft_partial_accumulation(x: torch.Tensor, alpha: torch.Tensor, omega: torch.Tensor, window: int):
-    """Training form with soft alpha in [0, 1] (SPECS 1.3): acc_i = alpha_i acc_{i-1} + omega_i x_i truncated
-    to the last W positions, i.e. acc_i = sum_{d < W} coef(i, d) omega_{i-d} x_{i-d} with
+    """Training form with soft alpha in [0, 1] (docs/algorithms.md §1.3): acc_i = alpha_i acc_{i-1} +
+    omega_i x_i truncated to the last W positions, i.e. acc_i = sum_{d < W} coef(i, d) omega_{i-d} x_{i-d} with
     coef(i, d) = prod_{i-d < r <= i} alpha_r (alpha_0 never enters); the weight c_i likewise. W = 0 sums
     over the whole prefix. With hard alpha this equals partial_accumulation. x: (B, Hkv, L, C)."""
     L = x.shape[2]
@@ -170,7 +170,7 @@ class DMCAttention(SelfAttention):
         return resized
 
     def rotate(self, t: torch.Tensor, rope) -> torch.Tensor:
-        """RoPE with channel D-1 zeroed on the way in and out (SPECS 1.1)."""
+        """RoPE with channel D-1 zeroed on the way in and out (docs/algorithms.md §1.1)."""
         t = zero_last_channel(t)
         return zero_last_channel(apply_rope(t, *rope)) if rope is not None else t
 
@@ -179,7 +179,7 @@ class DMCAttention(SelfAttention):
         return self.forward_with_decisions(x, rope, state, lengths)[0]
 
     def forward_with_decisions(self, x: torch.Tensor, rope, state: dict | None = None, lengths=None):
-        """The full-sequence forward (SPECS 1.3) and each row's mean hard decision (B,) over heads and the
+        """The full-sequence forward (docs/algorithms.md §1.3) and each row's mean hard decision (B,) over heads and the
         positions after the first: the decisions the DMC loss counts, straight-through in training.
 
         In eval mode: hard decisions, partial accumulations and the -50000 mask; with `state`, also the
@@ -216,9 +216,10 @@ class DMCAttention(SelfAttention):
         return self.output(out.reshape(B, self.n_heads, L, self.head_dim)), mean_decision
 
     def build_cache(self, state, lengths, alpha, omega, kv, acc, weight, k_slot, v_slot):
-        """The compressed cache after each row's last prompt token, from the full-sequence pass (SPECS 1.4,
-        one-shot), written into `state`. The cache must hold the whole prompt (T >= L), as the engine
-        allocates it: no overflow check here, so that the region captures without a host sync."""
+        """The compressed cache after each row's last prompt token, from the full-sequence pass
+        (docs/algorithms.md §1.4, one-shot), written into `state`. The cache must hold the whole prompt
+        (T >= L), as the engine allocates it: no overflow check here, so that the region captures without a
+        host sync."""
         capacity = state["k"].shape[2]
         built = dmc_prefill_cache(alpha, omega, kv, acc, weight, k_slot, v_slot, lengths, capacity, self.window)
         for name, value in zip(PREFILL_OUTPUTS, built):
@@ -226,7 +227,7 @@ class DMCAttention(SelfAttention):
 
     def decode(self, x: torch.Tensor, positions: torch.Tensor, rope, state: dict) -> torch.Tensor:
         """One token per row at `positions` (B,): update the open slot or open a new one, per KV head
-        (SPECS 1.2), then attend to each head's slots, in one op (zoo::dmc_decode_attention); the new or
+        (docs/algorithms.md §1.2), then attend to each head's slots, in one op (zoo::dmc_decode_attention); the new or
         merged slot is written into the cache at index slots-1."""
         B = x.shape[0]
         q, k, v = self.project(x, rope=None)  # pre-RoPE: the op reads the decisions from them

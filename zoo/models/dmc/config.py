@@ -1,4 +1,4 @@
-"""DMC family: Llama-2 style decoders whose attention compresses its KV cache (zoo/nn/dmc.py, SPECS 1)."""
+"""DMC family: Llama-2 style decoders whose attention compresses its KV cache (zoo/nn/dmc.py, §1)."""
 
 from dataclasses import dataclass
 from typing import ClassVar

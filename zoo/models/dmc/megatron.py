@@ -3,7 +3,7 @@
 Layout: DIR/[release|iter_N/]mp_rank_00/model_optim_rng.pt, a torch pickle of {"model": state dict,
 "args": argparse.Namespace, ...}. It is read with torch.load(weights_only=True), which builds tensors
 and plain containers only; argparse.Namespace is the one class allowed besides (the args it holds are
-plain values). Megatron-Core names (SPECS 1.5):
+plain values). Megatron-Core names (docs/algorithms.md §1.5):
 - decoder.layers.N.self_attention.linear_qkv.weight: interleaved per query group as
   [q heads of the group (G x D rows) | k (D) | v (D)];
 - ...linear_qkv.layer_norm_weight / mlp.linear_fc1.layer_norm_weight: the pre-attention / pre-MLP RMSNorm

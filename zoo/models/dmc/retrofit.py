@@ -1,4 +1,4 @@
-"""Turning a Llama model into a DMC model (SPECS 1.1, 1.3).
+"""Turning a Llama model into a DMC model (docs/algorithms.md §1.1, 1.3).
 
 `dmc_from_llama` is the conversion at the end of the recipe's stage 1 ("zero_out"): same weights, with
 the projection rows that produce channel D-1 of every query head and of every key head set to 0 (value
@@ -59,7 +59,7 @@ def next_token_loss(model, batch: torch.Tensor) -> torch.Tensor:
 
 def forward_with_decisions(model, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The DMC model's forward (as DecoderLM.forward: pre-norm blocks) returning (logits, decisions): each
-    layer's mean hard decision per row (layers, B), straight-through in training (SPECS 1.3)."""
+    layer's mean hard decision per row (layers, B), straight-through in training (docs/algorithms.md §1.3)."""
     B, L = input_ids.shape
     positions = torch.arange(L, device=input_ids.device).expand(B, L)
     x = model.embed_tokens(input_ids, positions)
@@ -87,7 +87,7 @@ def random_batches(data: torch.Tensor, batch_size: int, seed: int):
 
 
 def dmc_loss(decisions: torch.Tensor, target_cr: float) -> torch.Tensor:
-    """One-sided compression loss (SPECS 1.3) of a forward's decisions (layers, B): mean over the batch of
+    """One-sided compression loss (docs/algorithms.md §1.3) of a forward's decisions (layers, B): mean over the batch of
     relu(prior - mean over layers of the mean decision), prior = 1 - 1 / target_cr. It penalises only
     compressing less than the target."""
     prior = 1.0 - 1.0 / target_cr

@@ -1,4 +1,4 @@
-"""Mamba-2 and Mamba-2/attention hybrid configs (SPECS 2.1, 2.4).
+"""Mamba-2 and Mamba-2/attention hybrid configs (docs/algorithms.md §2.1, 2.4).
 
 A model is a stack of pre-norm residual sublayers given by a pattern string: `M` Mamba-2 mixer, `*`
 self-attention (GQA, no positional encoding), `-` non-gated MLP. Pure Mamba-2 is the pattern "M" * n.
@@ -131,7 +131,7 @@ MAMBA2_SIZES = {
     **{f"mamba2-{name}": Mamba2Config(vocab_size=50288, d_model=d, n_layers=n) for name, (d, n) in _RELEASED.items()},
 }
 
-# Mamba-2-Hybrid 8B (Waleffe et al. 2024): Megatron --hybrid-layer-pattern, 24 M + 4 * + 28 - (SPECS 2.4)
+# Mamba-2-Hybrid 8B (Waleffe et al. 2024): Megatron --hybrid-layer-pattern, 24 M + 4 * + 28 - (docs/algorithms.md §2.4)
 HYBRID_8B_PATTERN = "M-M-M--M-M*-M-M-M-M--M*-M-M-M-M-M*--M-M-M-M-M*-M--M-M-M-"
 HYBRID_SIZES = {
     "mamba2-hybrid-tiny": HybridConfig(
@@ -160,7 +160,7 @@ HYBRID_SIZES = {
         tie_embeddings=True,
         max_seq_len=16384,
     ),
-    # MLP activation unverified (SPECS 2.4): the release scripts pass neither --swiglu nor --squared-relu,
+    # MLP activation unverified (docs/algorithms.md §2.4): the release scripts pass neither --swiglu nor --squared-relu,
     # which means Megatron's default GeLU; a checkpoint's args would settle it.
     "mamba2-hybrid-8b": HybridConfig(
         vocab_size=256000,
