@@ -4,10 +4,12 @@ weights, at context 512, 2048 and 8192, in one run: cache bytes in use and decod
 eager and compiled. Each configuration decodes from its own prefilled state, in rounds that time every
 configuration once, and the median round is reported. The DMC cache is allocated for context / CR slots
 plus the new tokens, as a compressed cache is; the Llama's for the whole context. Targets: DMC cache
-bytes <= 1.1 / CR of the Llama's; at 8192 and CR 4, TPOT <= 0.6x the Llama's.
+bytes <= 1.1 / CR of the Llama's; at 8192 and CR 4, TPOT <= 0.6x the Llama's. First, the throughput at
+a fixed cache budget: DMC CR 4 serving batch 4 in the cache memory of one Llama sequence at the longest
+context (target: >= 3x the Llama's tokens/s).
 
     python -m benchmarks.dmc_decode [--new-tokens 32] [--repeats 5] [--contexts 512,2048,8192]
-        [--backends torch,compiled]
+        [--backends torch,compiled] [--budget-only]
 """
 
 import argparse
@@ -30,25 +32,27 @@ CONFIG = LlamaConfig(
 )
 
 
-def prefilled(model, context: int, slots: int) -> dict:
-    """The decode state after a one-shot prefill of a seeded random prompt of `context` tokens."""
+def prefilled(model, context: int, slots: int, batch: int = 1) -> dict:
+    """The decode state after a one-shot prefill of `batch` copies of a seeded random prompt of `context`
+    tokens, prefilled one row at a time (a DMC prefill's attention bias is quadratic in the length)."""
     prompt = torch.randint(0, CONFIG.vocab_size, (1, context), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         state = model.init_state(1, slots)
         model.prefill(prompt, torch.tensor([context]), state)
-    return state
+    return {name: tensor.expand(batch, *tensor.shape[1:]).clone() for name, tensor in state.items()}
 
 
 def timed_decode(step, prefill_state: dict, context: int, new_tokens: int) -> tuple[float, dict]:
     """(seconds per token over new_tokens - 1 decode steps after one untimed step, from a copy of the
     prefilled state; the state it ended with)."""
     state = {name: tensor.clone() for name, tensor in prefill_state.items()}
-    token = torch.tensor([1])
+    batch = state["k0"].shape[0]
+    token = torch.ones(batch, dtype=torch.long)
     with torch.inference_mode():
-        step(token, torch.tensor([context]), state)
+        step(token, torch.full((batch,), context), state)
         start = time.perf_counter()
         for t in range(1, new_tokens):
-            step(token, torch.tensor([context + t]), state)
+            step(token, torch.full((batch,), context + t), state)
     return (time.perf_counter() - start) / (new_tokens - 1), state
 
 
@@ -79,16 +83,45 @@ def cache_bytes_in_use(model, state: dict, tokens: int) -> int:
     return sum(state[f"slots{i}"].sum().item() for i in range(c.n_layers)) * slot_bytes + fixed
 
 
+def fixed_budget_throughput(llama, context: int, new_tokens: int, repeats: int, backend: str, ratio: int = 4):
+    """The paper's throughput argument, measured: with the KV-cache memory of one Llama sequence of
+    `context` tokens, DMC at CR `ratio` holds `ratio` sequences. Prints tokens/s of the Llama at batch 1
+    and of DMC at batch `ratio` in that budget (target: >= 3x at CR 4)."""
+    dmc = dmc_from_llama(llama, merge_period=ratio)
+    torch._dynamo.reset()
+    steps = {"llama": decode_step_of(llama, backend), "dmc": decode_step_of(dmc, backend)}
+    states = {
+        "llama": prefilled(llama, context, context + new_tokens),
+        "dmc": prefilled(dmc, context, -(-context // ratio) + new_tokens, batch=ratio),
+    }
+    tpot, finals = interleaved_tpot(steps, states, context, new_tokens, repeats)
+    budget = cache_bytes_in_use(llama, {}, context + new_tokens)
+    used = cache_bytes_in_use(dmc, finals["dmc"], ratio * (context + new_tokens))
+    llama_rate, dmc_rate = 1 / tpot["llama"], ratio / tpot["dmc"]
+    print(
+        f"fixed cache budget ({backend}): Llama batch 1 at {context} tokens, {budget / 2**20:.1f} MiB: "
+        f"{llama_rate:.1f} tokens/s; DMC CR{ratio} batch {ratio}, {used / 2**20:.1f} MiB: {dmc_rate:.1f} tokens/s "
+        f"({dmc_rate / llama_rate:.2f}x)"
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
     parser.add_argument("--backends", default="torch,compiled", help="comma-separated: torch, compiled")
+    parser.add_argument(
+        "--budget-only", action="store_true", help="only the fixed-cache-budget throughput at the longest context"
+    )
     args = parser.parse_args(argv)
     contexts = [int(c) for c in args.contexts.split(",")]
     backends = args.backends.split(",")
     llama = build_from_config(CONFIG, seed=0)
+    for backend in backends:
+        fixed_budget_throughput(llama, max(contexts), args.new_tokens, args.repeats, backend)
+    if args.budget_only:
+        return
     models, ratios = {"llama": llama}, {"llama": None}
     for ratio in RATIOS:  # one model per ratio (same weights), so that every configuration stays compiled
         name = f"DMC CR{ratio}"

@@ -206,3 +206,17 @@ def test_pickled_objects_are_refused_for_safety(tmp_path):
     (tmp_path / "truncated.bin").write_bytes((tmp_path / "model.bin").read_bytes()[:40])
     with pytest.raises(zoo.CheckpointError, match="cannot read .*truncated.bin"):
         load_weights_only(tmp_path / "truncated.bin")
+
+
+@pytest.mark.parametrize("layout", ["megatron", "mamba_ssm"])
+def test_pickled_checkpoints_with_objects_are_one_line_refusals(tmp_path, layout):
+    if layout == "megatron":
+        (tmp_path / "mp_rank_00").mkdir()
+        torch.save({"model": {}, "args": NotATensor()}, tmp_path / "mp_rank_00" / "model_optim_rng.pt")
+    else:
+        (tmp_path / "config.json").write_text(
+            json.dumps({"d_model": 64, "n_layer": 2, "vocab_size": 256, "ssm_cfg": {"layer": "Mamba2"}})
+        )
+        torch.save({"payload": NotATensor()}, tmp_path / "pytorch_model.bin")
+    output = assert_error(cli("generate", tmp_path, "--prompt-ids", "1"), "holds Python objects", "refused for safety")
+    assert "weights_only=False" not in output

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from zoo.checkpoint import rename_keys
+from zoo.checkpoint import load_weights_only, rename_keys
 from zoo.errors import CheckpointError
 from zoo.models.dmc.config import DMCConfig
 
@@ -57,11 +57,7 @@ def checkpoint_file(path) -> Path | None:
 
 def read(file: Path) -> dict:
     """The checkpoint's dict ("model", "args", ...), its tensors memory-mapped (read from disk when used)."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # UnpicklingError for a disallowed global, RuntimeError/EOFError for a bad file
-        raise CheckpointError(f"cannot read {file} as a weights-only torch file: {exc}") from exc
+    checkpoint = load_weights_only(file, safe_globals=(argparse.Namespace,), mmap=True)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "args" not in checkpoint:
         raise CheckpointError(f"{file}: expected a Megatron checkpoint with 'model' and 'args'")
     return checkpoint
