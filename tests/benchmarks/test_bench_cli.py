@@ -11,6 +11,7 @@ from zoo.cli import main
 from zoo.errors import MissingDependencyError, ZooError
 
 
+@pytest.mark.slow
 def test_small_grid_writes_valid_json_and_png(tmp_path):
     import matplotlib.image
 

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from zoo.cli import main
@@ -16,6 +17,7 @@ def test_every_op_folder_has_triton_kernels():
     assert len(names) == len(set(names)), "kernel names must be unique"
 
 
+@pytest.mark.slow
 def test_zoo_kernels_compiles_all_for_sm90():
     result = CliRunner().invoke(main, ["kernels", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output

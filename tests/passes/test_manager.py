@@ -91,6 +91,7 @@ def test_unknown_pass_name_lists_the_passes():
         PassManager(fused_pipeline(), disabled=["idiom_fusion.ropes"])
 
 
+@pytest.mark.slow
 def test_debug_mode_checks_numerics_after_every_pass():
     step = capture(tiny_model("mamba2-tiny"), "prefill")
     _, records = PassManager(fused_pipeline(), debug=True).run(step.program, step.example_args)

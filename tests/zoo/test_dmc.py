@@ -240,6 +240,7 @@ def test_merge_period_gives_the_benchmarks_compression_ratio(period):
         assert (state[f"slots{i}"] == -(-28 // period)).all()
 
 
+@pytest.mark.slow
 def test_compiled_engine_matches_eager_through_cache_growth(monkeypatch):
     """The compiled decode step writes the ragged cache in place and recompiles as the cache grows."""
     from runtime import Engine, engine
@@ -323,6 +324,7 @@ def test_forward_with_decisions_is_the_models_forward():
     assert 0.25 < decisions.mean() < 0.75  # hard decisions of the merging model
 
 
+@pytest.mark.slow
 def test_retrofit_on_text_reaches_cr_2_within_10_percent_loss():
     """Issue 3's demonstration, scaled down (benchmarks/dmc_retrofit.py runs the larger one): a byte-level
     Llama pretrained on Python's standard-library sources, converted and retrofitted towards CR 4. The hard
