@@ -1,2 +1,3 @@
-"""Export: artifacts (manifest, atomic write, hashes), ONNX, TensorRT engines and plugins, quantization.
-Populated by the export issues; `zoo.checkpoint.write_directory_atomically` is the atomic-write primitive."""
+"""Export: artifact directories (export.artifact: manifest, sha256, checks on load), ONNX (export.onnx, with
+the zoo ops' ONNX face in export.onnx_ops); TensorRT engines and plugins and quantization are to come.
+`zoo.checkpoint.write_directory_atomically` is the atomic-write primitive."""

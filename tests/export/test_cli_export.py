@@ -1,0 +1,131 @@
+"""`zoo export`: success, the --overwrite rules, a bad --format, an unwritable -o, and HF checkpoints
+exported straight from their directory; bad input exits 1 with one line and no traceback."""
+
+import json
+
+import pytest
+import torch
+
+import zoo
+from export.artifact import verify
+from tests.conftest import informative_weights
+from tests.export.parity import assert_parity, sessions
+from tests.test_bad_inputs import assert_error, cli, snapshot, workdir  # noqa: F401 (a fixture)
+from zoo.models.moe.config import MoEConfig
+from zoo.registry import get_config, load_model
+
+
+@pytest.mark.slow
+def test_export_writes_a_verified_artifact_and_overwrite_rules(workdir):  # noqa: F811
+    result = cli("export", "gpt-tiny", "--format", "onnx", "--unfused", "-o", "art", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output
+    manifest = verify(workdir / "art")
+    assert (manifest["family"], manifest["fused"], manifest["dtype"]) == ("gpt", False, "float32")
+    before = snapshot(workdir)
+    assert_error(cli("export", "gpt-tiny", "-o", "art"), "already holds a zoo artifact", "--overwrite")
+    assert_error(cli("export", "gpt-tiny", "-o", "data"), "is not empty", "not a zoo artifact")
+    assert_error(cli("export", "gpt-tiny", "-o", ".", "--overwrite"), "not a zoo artifact")
+    assert snapshot(workdir) == before
+    (workdir / "art" / "notes.md").write_text("the user's")
+    result = cli("export", "gpt-tiny", "--unfused", "-o", "art", "--overwrite", "--seed", "1")
+    assert result.exit_code == 0, result.output
+    assert (workdir / "art" / "notes.md").read_text() == "the user's"
+    assert verify(workdir / "art")["files"]["decode.onnx"] != manifest["files"]["decode.onnx"]  # other weights
+
+
+def test_bad_format_model_and_output(workdir):  # noqa: F811
+    before = snapshot(workdir)
+    assert_error(cli("export", "llama-tiny", "--format", "tensorrt", "-o", "out"), "tensorrt", "not implemented yet")
+    assert_error(cli("export", "llama-tiny", "--format", "tflite", "-o", "out"), "tflite", exit_code=2)
+    assert_error(cli("export", "no-such-model", "-o", "out"), "no-such-model")
+    assert_error(cli("export", "llama-tiny", "-o", "notes.txt"), "is a file", exit_code=2)
+    assert_error(cli("export", "llama-tiny", "-o", "missing/out"), "no such directory")
+    assert_error(cli("export", "llama-tiny", "-o", "/proc/zoo-artifact"), "cannot write")
+    assert_error(cli("export", "llama-tiny"), "-o", exit_code=2)
+    assert snapshot(workdir) == before
+
+
+def test_export_help():
+    result = cli("export", "--help")
+    assert result.exit_code == 0 and "--unfused" in result.output and "--overwrite" in result.output
+
+
+MIXTRAL = MoEConfig(  # tests/zoo/test_moe.py's Mixtral twin
+    vocab_size=97,
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    d_ff=24,
+    n_experts=6,
+    top_k=2,
+    d_expert=24,
+    routing="topk-softmax",
+)
+HF_CASES = [
+    pytest.param(get_config("llama-tiny"), id="llama"),
+    pytest.param(get_config("mamba2-tiny"), id="mamba2", marks=pytest.mark.slow),
+    pytest.param(MIXTRAL, id="mixtral", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("config", HF_CASES)
+def test_an_hf_checkpoint_exports_from_its_directory(hf_checkpoint, tmp_path, config):
+    path, _ = hf_checkpoint(config)
+    result = cli("export", path, "-o", tmp_path / "art")
+    assert result.exit_code == 0, result.output
+    manifest = verify(tmp_path / "art")
+    assert manifest["family"] == config.family and manifest["zoo_ops"]
+    model = load_model(str(path)).eval()
+    graphs = sessions(tmp_path / "art")
+    for lengths in ([1], [37], [37, 3, 20]):
+        assert_parity(graphs, model, lengths)
+    assert json.loads((tmp_path / "art" / "manifest.json").read_text())["config"] == model.config.to_dict()
+
+
+def test_weights_past_the_threshold_go_to_external_data(tmp_path):
+    from export.onnx import export_onnx
+
+    model = informative_weights(zoo.build("gpt-tiny")).eval()
+    path = export_onnx(model, tmp_path / "art", fused=False, external_data_threshold=1024)
+    manifest = verify(path)
+    for phase in ("prefill", "decode"):
+        graph = manifest["graphs"][phase]
+        assert graph["external_data"] == f"{phase}.onnx.data"
+        assert manifest["files"][graph["external_data"]]["size"] > manifest["files"][graph["file"]]["size"]
+    assert_parity(sessions(path), model, [37, 1])
+
+
+@pytest.mark.slow
+def test_a_float16_export_runs_in_onnx_runtime(workdir):  # noqa: F811
+    import numpy as np
+
+    from tests.export.parity import prompts
+
+    assert cli("export", "llama-tiny", "--dtype", "float16", "-o", "art").exit_code == 0
+    assert verify(workdir / "art")["dtype"] == "float16"
+    model = zoo.build("llama-tiny", dtype=torch.float16).eval()  # the CLI's weights: seed 0
+    ids, lengths = prompts(model.config.vocab_size, [37, 5])
+    state = model.init_state(2, 41)
+    feeds = {"input_ids": ids.numpy(), "lengths": lengths.numpy()}
+    feeds |= {e.qualified_name: state[e.key].numpy() for e in model.state_spec()}
+    got = sessions(workdir / "art")["prefill"].run(["logits"], feeds)[0]
+    with torch.no_grad():
+        want = model.prefill(ids, lengths, model.init_state(2, 41))[0]
+    np.testing.assert_allclose(got.astype(np.float32), want.float().numpy(), atol=5e-3, rtol=1e-2)
+
+
+def test_an_export_failure_is_one_line_naming_its_cause(workdir, monkeypatch):  # noqa: F811
+    import export.onnx
+
+    def failing_export(*args, **kwargs):
+        try:
+            raise KeyError("aten.frobnicate has no ONNX translation")
+        except KeyError as exc:
+            raise RuntimeError("Failed to convert the exported program to an ONNX model.\nNext steps: ...") from exc
+
+    monkeypatch.setattr(export.onnx.torch.onnx, "export", failing_export)
+    before = snapshot(workdir)
+    assert_error(cli("export", "gpt-tiny", "-o", "art"), "prefill step failed", "aten.frobnicate")
+    assert snapshot(workdir) == before
