@@ -1,7 +1,9 @@
 """One MoE layer with 64 SwiGLU experts, top-8, at 1, 64 and 2048 tokens: the zoo::moe_experts kernel
 choices ("cpu": grouped compute; "reference": every expert on every token, masked) beside HF transformers'
-MixtralSparseMoeBlock on the same weights, measured in one run (target: cpu >= 1.4x faster than HF at 2048
-tokens).
+MixtralSparseMoeBlock on the same weights, measured in one run, and the cpu kernel against its matmul
+bound: the experts' FLOPs (2 per weight per routed token, three matrices) over the matmul throughput the
+machine measures (benchmarks.machine, as `zoo bench` does). Targets at 2048 tokens: cpu >= 1.4x faster than
+HF, and within 1.3x of the bound.
 
     python -m benchmarks.moe_layer [--d-model 512] [--d-expert 256] [--repeats 5] [--threads N]
 """
@@ -10,7 +12,7 @@ import argparse
 
 import torch
 
-from benchmarks.machine import median_time
+from benchmarks.machine import measure_matmul_flops, median_time
 from zoo.nn.moe import MoE, router_stats
 from zoo.ops import kernel_choice
 
@@ -57,7 +59,12 @@ def main(argv=None):
         f"MoE layer: {args.experts} experts of {args.d_expert}, top-{args.top_k}, d_model {args.d_model}, fp32, "
         f"{torch.get_num_threads()} threads, median of {args.repeats}"
     )
-    print(f"{'tokens':>6s} {'cpu ms':>9s} {'reference ms':>13s} {'HF ms':>9s} {'reference/cpu':>14s} {'HF/cpu':>7s}")
+    matmul_flops = measure_matmul_flops()
+    print(f"matmul throughput {matmul_flops / 1e9:.0f} GFLOP/s")
+    print(
+        f"{'tokens':>6s} {'cpu ms':>9s} {'reference ms':>13s} {'HF ms':>9s} {'reference/cpu':>14s} {'HF/cpu':>7s} "
+        f"{'bound ms':>9s} {'cpu/bound':>9s}"
+    )
     with torch.inference_mode():
         for tokens in (1, 64, 2048):
             x = torch.randn(tokens, args.d_model)
@@ -71,9 +78,10 @@ def main(argv=None):
             for name in ("reference", "hf"):
                 torch.testing.assert_close(outputs[name].reshape(tokens, -1), outputs["cpu"], atol=1e-4, rtol=1e-4)
             cpu = times["cpu"]
+            bound = tokens * args.top_k * 3 * 2 * args.d_model * args.d_expert / matmul_flops
             print(
                 f"{tokens:6d} {cpu * 1e3:9.2f} {times['reference'] * 1e3:13.2f} {times['hf'] * 1e3:9.2f} "
-                f"{times['reference'] / cpu:13.1f}x {times['hf'] / cpu:6.1f}x"
+                f"{times['reference'] / cpu:13.1f}x {times['hf'] / cpu:6.1f}x {bound * 1e3:9.2f} {cpu / bound:8.2f}x"
             )
         counts = router_stats(layer, torch.randn(2048, args.d_model))[0]
         print(
