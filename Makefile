@@ -15,16 +15,23 @@ $(VENV)/.core-installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.dev-installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[dev]'
+$(VENV)/.onnx-installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[onnx]'
 	touch $@ $(VENV)/.core-installed
 
-# The main job on the embedded default (llama-small, seeded random weights, no downloads).
-demo: $(VENV)/.core-installed
+$(VENV)/.dev-installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.core-installed $(VENV)/.onnx-installed
+
+# The main job on the embedded default (llama-small, seeded random weights, no downloads): generate on the
+# eager and compiled backends, then export with fused ops, run the artifact on ONNX Runtime and compare.
+demo: $(VENV)/.onnx-installed
 	$(BIN)/zoo list
 	$(BIN)/zoo info llama-small
 	$(BIN)/zoo generate llama-small --prompt-ids 1,15,29,7,400 --prompt-ids 9,3 --max-new-tokens 24
 	$(BIN)/zoo generate llama-small --prompt-ids 1,15,29,7,400 --prompt-ids 9,3 --max-new-tokens 24 --backend compiled
+	$(BIN)/python -m runtime.demo --model llama-small --out bench-out/demo-artifact --max-new-tokens 24
+	$(BIN)/zoo run bench-out/demo-artifact --prompt-ids 1,15,29,7,400 --prompt-ids 9,3 --max-new-tokens 24
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q

@@ -1,9 +1,15 @@
 """`zoo bench`: a latency grid over backends, batch sizes, prompt and generation lengths, with a roofline
 bound per configuration, reference-system-time figures and, optionally, HF transformers as a peer on
 the same weights. Metrics are defined in runtime/metrics.py; the JSON report follows REPORT_SCHEMA.
+
+The target is a model name or checkpoint directory (backends torch, compiled), or an exported artifact
+directory (backend onnxruntime). An artifact holds ONNX graphs with its weights folded into them, not torch
+weights, so it is benched on onnxruntime only; the report's "notes" say so when other backends were asked
+for. Bench the model it was exported from for torch / compiled beside it.
 """
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -20,7 +26,7 @@ from benchmarks.roofline import decode_step_cost
 from runtime import metrics
 from zoo.errors import ZooError
 
-PEERS = ("hf",)
+PEERS = ("hf", "ort-genai")  # HF transformers' generate; onnxruntime-genai (benchmarks/ort_genai.py)
 SUMMARY_METRICS = ("ttft_s", "tpot_s", "itl_p50_s", "itl_p90_s", "itl_p99_s", "e2e_s", "output_tokens_per_s")
 REFERENCE_METRICS = ("ttft_s", "tpot_s", "e2e_s")  # latencies also reported in reference-machine seconds
 
@@ -69,11 +75,11 @@ class Run:
 
 
 class ZooRunner:
-    def __init__(self, model, backend: str):
-        from runtime import Engine
+    """A zoo Engine (any backend) timed through generate_with_stats."""
 
-        self.name = backend
-        self.engine = Engine.from_model(model, backend)
+    def __init__(self, engine):
+        self.name = engine.backend
+        self.engine = engine
 
     def warmup(self, prompts, gen_len):
         self.engine.warmup(prompts, gen_len)
@@ -125,21 +131,31 @@ class HFRunner:
         return start, streamer.times[1:], cached * self.config.cache_bytes_per_token(self.model.dtype)
 
 
-def load_target(target: str, dtype: torch.dtype, seed: int, compare: str | None):
-    """(zoo model, HF peer model or None). With a peer, both hold the same weights: a named model gets
-    random HF weights that the zoo loads through its converter; an HF directory is loaded by both."""
+def peers_of(compare) -> tuple[str, ...]:
+    """The peers a --compare value names ("hf", "hf,ort-genai", a tuple, or None), each checked."""
+    if compare is None:
+        return ()
+    names = tuple(dict.fromkeys(compare.split(",") if isinstance(compare, str) else compare))
+    unknown = [name for name in names if name not in PEERS]
+    if unknown:
+        raise ZooError(f"unknown peer {unknown[0]!r}; known: {', '.join(PEERS)}")
+    return names
+
+
+def load_target(target: str, dtype: torch.dtype, seed: int, compare):
+    """(zoo model, HF peer model or None). With peers, both hold the same weights: a named model gets
+    random HF weights that the zoo loads through its converter; an HF directory is loaded by both (every
+    peer starts from those HF weights)."""
     from zoo.registry import build_hf_twin, from_pretrained, get_config, is_checkpoint_dir, load_model
 
-    if compare is None:
+    if not peers_of(compare):
         return load_model(target, dtype=dtype, seed=seed), None
-    if compare not in PEERS:
-        raise ZooError(f"unknown peer {compare!r}; known: {', '.join(PEERS)}")
     from zoo.errors import require
 
     transformers = require("transformers", "hf")
     if is_checkpoint_dir(target):
         if "zoo_family" in json.loads((Path(target) / "config.json").read_text()):
-            raise ZooError("--compare hf needs a model name or an HF-format checkpoint directory")
+            raise ZooError("--compare needs a model name or an HF-format checkpoint directory (the peers' weights)")
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(target, dtype=dtype).eval()
         return from_pretrained(target, dtype=dtype), hf_model
     hf_model = build_hf_twin(get_config(target), seed).to(dtype)
@@ -189,18 +205,50 @@ def summarise(runs: list[Run], config, batch, prompt_len, gen_len, dtype, machin
     return summary
 
 
+ARTIFACT_BACKEND = "onnxruntime"
+
+
+def artifact_engines(target: str, grid: Grid, compare: str | None) -> tuple[list, list[str]]:
+    """([the onnxruntime engine of the artifact at `target`], notes on what the grid asked for but an
+    artifact cannot run)."""
+    from runtime import Engine
+
+    if compare is not None:
+        raise ZooError(f"--compare {compare} needs the model's weights; {target} is an exported artifact (ONNX graphs)")
+    notes = []
+    skipped = [b for b in grid.backends if b != ARTIFACT_BACKEND]
+    if skipped:
+        notes.append(
+            f"{target} is an exported artifact: benched on {ARTIFACT_BACKEND} only, not on {', '.join(skipped)} "
+            "(those need torch weights, which the artifact does not hold: bench the model it was exported from)"
+        )
+    engine = Engine.load_artifact(target)
+    if str(engine.runner.dtype).removeprefix("torch.") != grid.dtype:
+        dtype = engine.runner.manifest["dtype"]
+        raise ZooError(f"{target} holds {dtype} graphs; bench it with --dtype {dtype} (or export it in {grid.dtype})")
+    return [engine], notes
+
+
 def run_bench(target: str, grid: Grid, compare: str | None = None, device="cpu", progress=None, status=None) -> dict:
     """Run the grid and return the report (REPORT_SCHEMA). `progress(advance)` is called after each point,
     `status(text)` before each phase (loading, machine measurements, calibration)."""
     status = status or (lambda text: None)
-    from runtime.engine import check_backend
+    from runtime import Engine
+    from runtime.engine import check_backend, is_artifact_dir
 
-    for backend in grid.backends:
-        check_backend(backend)
     dtype = getattr(torch, grid.dtype)
     status(f"loading {target}")
-    model, hf_model = load_target(target, dtype, grid.seed, compare)
-    config = model.config
+    hf_model, notes = None, []
+    if is_artifact_dir(target):
+        engines, notes = artifact_engines(target, grid, compare)
+        grid = dataclasses.replace(grid, backends=(ARTIFACT_BACKEND,))
+        config = engines[0].config
+    else:
+        for backend in grid.backends:
+            check_backend(backend)
+        model, hf_model = load_target(target, dtype, grid.seed, compare)
+        engines = [Engine.from_model(model, backend) for backend in grid.backends]
+        config = model.config
     grid.validate(config.max_seq_len)
     status("measuring memory bandwidth and matmul throughput")
     machine_figures = {
@@ -213,9 +261,22 @@ def run_bench(target: str, grid: Grid, compare: str | None = None, device="cpu",
     machine_figures["reference_calibration_s"] = machine.REFERENCE_CALIBRATION_S
     machine_figures["reference_machine"] = machine.REFERENCE_MACHINE
     status("benchmarking")
-    runners = [ZooRunner(model, backend) for backend in grid.backends]
-    if hf_model is not None:
+    runners = [ZooRunner(engine) for engine in engines]
+    peers = peers_of(compare)
+    if "hf" in peers:
         runners.append(HFRunner(hf_model, config))
+    if "ort-genai" in peers:
+        from benchmarks.ort_genai import SUPPORTED_FAMILIES, OrtGenAIRunner
+
+        if config.family in SUPPORTED_FAMILIES:
+            status("building the onnxruntime-genai model")
+            runners.append(OrtGenAIRunner.from_hf_model(hf_model, config))
+        else:
+            peers = tuple(p for p in peers if p != "ort-genai")
+            notes.append(
+                f"ort-genai not run: its model builder does not convert the {config.family} family "
+                f"(supported: {', '.join(SUPPORTED_FAMILIES)})"
+            )
     generator = torch.Generator().manual_seed(grid.seed)
     results = []
     for batch, prompt_len, gen_len in grid.points():
@@ -255,13 +316,14 @@ def run_bench(target: str, grid: Grid, compare: str | None = None, device="cpu",
             "warmup": grid.warmup,
             "repeats": grid.repeats,
             "seed": grid.seed,
-            "compare": compare,
+            "compare": list(peers_of(compare)) or None,
         },
         "model": {"family": config.family, "params": config.num_params(), "config": config.to_dict()},
         "environment": machine.environment(device),
         "machine": machine_figures,
         "results": results,
-        "comparisons": compare_to_peer(results, compare) if compare else [],
+        "comparisons": [row for peer in peers for row in compare_to_peer(results, peer)],
+        "notes": notes,
     }
 
 
@@ -278,7 +340,7 @@ def compare_to_peer(results: list[dict], peer: str) -> list[dict]:
     peers = {key(r): r["summary"] for r in results if r["runner"] == peer}
     comparisons = []
     for r in results:
-        if r["runner"] == peer:
+        if r["runner"] in PEERS:
             continue
         ours, theirs = r["summary"], peers[key(r)]
         ratios = {m: ours[m] / theirs[m] if theirs[m] else None for m in (*SUMMARY_METRICS, "state_bytes")}

@@ -78,7 +78,7 @@ REPORT_SCHEMA = {
                 "warmup": _COUNT,
                 "repeats": {"type": "integer", "minimum": 1},
                 "seed": {"type": "integer"},
-                "compare": {"type": ["string", "null"]},
+                "compare": {"type": ["array", "null"], "items": {"type": "string"}},
             },
         },
         "model": {

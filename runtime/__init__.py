@@ -1,4 +1,4 @@
-"""Runtime: load a model (later, an exported artifact) and generate with an explicit cache."""
+"""Runtime: load a model or an exported artifact and generate with an explicit cache, over a runner."""
 
 from runtime.engine import BACKENDS, Engine, GenerationResult
 

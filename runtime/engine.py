@@ -1,62 +1,55 @@
 """The generation engine: batches of prompts of different lengths, a preallocated explicit cache, and a
-prefill + decode-step loop on one of several backends.
+prefill + decode-step loop over a runner (runtime/runners.py: "torch", "compiled"; runtime/
+onnxruntime_runner.py: "onnxruntime", an exported artifact).
 
-Backends:
-- "torch": eager PyTorch.
-- "compiled": prefill and decode step under torch.compile with the zoo backend (passes/backend.py: zoo
-  graph passes, then inductor). Prefill has dynamic shapes (one graph for all prompt lengths); the decode
-  step has static shapes: the cache length is rounded up to a multiple of CACHE_BUCKET so that requests of
-  similar size reuse one compiled graph.
-
-A compressed cache (DMC: fewer slots than tokens) is sized by the slots it holds, not by the tokens: the
-prefill gets room for the whole prompt, the cache is then cut to the slots in use plus headroom, and it
-grows by half whenever a head fills it (compressed_capacity), each size rounded up to CACHE_BUCKET.
+The engine owns the request: checks, padding, the cache length, sampling, EOS and timing. A runner with
+static decode shapes (the compiled backend) gets the cache length rounded up to a multiple of
+CACHE_BUCKET, so that requests of similar size reuse one compiled graph. A compressed cache (DMC: fewer
+slots than tokens) is sized by runtime.state.CompressedCacheManager, its capacities in CACHE_BUCKET steps.
 """
 
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from runtime import metrics
+from runtime import state as runtime_state
+from runtime.runners import (
+    ARTIFACT_BACKENDS,
+    BACKENDS,
+    WEIGHT_LAYOUTS,
+    check_backend,
+    decode_step_of,
+    prefill_of,
+    set_weight_layout,
+    torch_runner,
+)
 from runtime.sampling import select_next_tokens, validate_sampling
 from zoo.errors import ContextLengthError, ZooError
 
-BACKENDS = ("torch", "compiled")
-# Backends named by the design that run exported artifacts; each says why it cannot run yet.
-ARTIFACT_BACKENDS = {"onnxruntime": ("onnxruntime", "onnx"), "tensorrt": ("tensorrt", "tensorrt")}
-WEIGHT_LAYOUTS = ("auto", "as-is", "row-major", "column-major")
+__all__ = [
+    "ARTIFACT_BACKENDS",
+    "BACKENDS",
+    "CACHE_BUCKET",
+    "WEIGHT_LAYOUTS",
+    "Engine",
+    "GenerationResult",
+    "check_backend",
+    "compressed_capacity",
+    "decode_step_of",
+    "prefill_of",
+    "set_weight_layout",
+]
+LOAD_BACKENDS = ("auto", *BACKENDS)
 CACHE_BUCKET = 128
 
 
 def compressed_capacity(in_use: int, capacity: int, limit: int, after_prefill: bool = False) -> int:
-    """The slot capacity a compressed cache should have when its fullest head holds `in_use` slots: after
-    the prefill, the slots in use plus one; later, unchanged while a slot is free, else half as large
-    again. Rounded up to CACHE_BUCKET; never more than `limit` (prompt + new tokens, which always fit)."""
-    if after_prefill:
-        wanted = in_use + 1
-    elif in_use < capacity:
-        return capacity
-    else:
-        wanted = max(in_use + 1, capacity * 3 // 2)
-    return min(-(-wanted // CACHE_BUCKET) * CACHE_BUCKET, limit)
-
-
-def set_weight_layout(model: torch.nn.Module, layout: str) -> None:
-    """Re-lay every weight matrix in place: same shapes and values, row-major or transposed strides.
-
-    Which layout streams fastest depends on the kernel that reads it: on CPU, MKL/oneDNN read a
-    column-major weight faster at every batch size tried; the compiled backend's matvec rewrite
-    (passes/matvec_pass.py, batch <= MAX_ROWS) wants row-major (figures in docs/architecture.md).
-    """
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() != 2:
-                continue
-            if layout == "column-major" and param.is_contiguous():
-                param.data = param.data.T.contiguous().T
-            elif layout == "row-major" and not param.is_contiguous():
-                param.data = param.data.contiguous()
+    """runtime.state.compressed_capacity in steps of the engine's CACHE_BUCKET."""
+    return runtime_state.compressed_capacity(in_use, capacity, limit, CACHE_BUCKET, after_prefill)
 
 
 @dataclass
@@ -79,70 +72,23 @@ class GenerationResult:
         return metrics.tpot(self.token_times)
 
 
-def check_backend(name: str) -> None:
-    """Raise an error that says why `name` cannot run here (unknown, runtime missing, or not yet built)."""
-    if name in BACKENDS:
-        return
-    if name not in ARTIFACT_BACKENDS:
-        known = ", ".join([*BACKENDS, *ARTIFACT_BACKENDS])
-        raise ZooError(f"unknown backend {name!r}; known: {known}")
-    from zoo.errors import require
+def is_artifact_dir(name_or_path: str | os.PathLike) -> bool:
+    from export.artifact import MANIFEST_FILE
 
-    module, extra = ARTIFACT_BACKENDS[name]
-    require(module, extra)  # MissingDependencyError naming the extra when the runtime is not installed
-    raise ZooError(
-        f"the {name} backend runs exported artifacts, which this version cannot produce yet "
-        f"(`zoo export` is not implemented); available backends: {', '.join(BACKENDS)}"
-    )
-
-
-# Every model of a family shares one decode_step code object, and each cache-length bucket is a graph of
-# its own: Dynamo's default limit of 8 graphs per code object is too few for a process that serves
-# several models or long requests.
-RECOMPILE_LIMIT = 64
-
-
-def _compile(fn, dynamic: bool):
-    from passes.backend import zoo_inductor
-
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    return torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=zoo_inductor)
-
-
-def decode_step_of(model: torch.nn.Module, backend: str):
-    """model.decode_step as a backend runs it: as is ("torch"), or under torch.compile with the zoo backend
-    and static shapes ("compiled"; one graph per cache size)."""
-    check_backend(backend)
-    return model.decode_step if backend == "torch" else _compile(model.decode_step, dynamic=False)
-
-
-def prefill_of(model: torch.nn.Module, backend: str):
-    """model.prefill as a backend runs it: as is ("torch"), or under torch.compile with the zoo backend and
-    dynamic shapes ("compiled": one graph for every batch size and prompt length)."""
-    check_backend(backend)
-    return model.prefill if backend == "torch" else _compile(model.prefill, dynamic=True)
+    return (Path(name_or_path).expanduser() / MANIFEST_FILE).is_file()
 
 
 class Engine:
-    """Generation over a model's prefill / decode_step.
+    """Generation over a runner's prefill / decode_step.
 
-    weight_layout "auto" picks, per request, the layout the kernels read fastest on CPU (set_weight_layout:
-    row-major where the compiled backend's matvec rewrite applies, batch <= MAX_ROWS; column-major for
-    BLAS otherwise) and leaves weights as they are on other devices. The layout is applied to the model
-    passed in (its values do not change) at the start of every generate call, so engines of different
-    backends can share one model.
+    `Engine(model, backend, weight_layout)` runs an nn.Module on the "torch" or "compiled" backend (see
+    runtime.runners.TorchRunner for the weight layout chosen per request); `Engine.load` also opens
+    exported artifacts; `Engine.from_runner` takes any runner.
     """
 
     def __init__(self, model: torch.nn.Module, backend: str = "torch", weight_layout: str = "auto"):
-        self._decode = decode_step_of(model, backend)  # raises first for a backend that cannot run
-        self._prefill = prefill_of(model, backend)
-        if weight_layout not in WEIGHT_LAYOUTS:
-            raise ZooError(f"unknown weight layout {weight_layout!r}; available: {', '.join(WEIGHT_LAYOUTS)}")
-        if weight_layout == "auto" and next(model.parameters()).device.type != "cpu":
-            weight_layout = "as-is"
-        self.weight_layout = weight_layout
-        self.model = model.eval()
-        self.config = model.config
+        self.runner = torch_runner(model, backend, weight_layout)
+        self.config = self.runner.config
         self.backend = backend
 
     @classmethod
@@ -150,22 +96,66 @@ class Engine:
         return cls(model, backend, weight_layout)
 
     @classmethod
-    def load(cls, name_or_path: str, backend: str = "torch", dtype: torch.dtype | None = None, seed: int = 0):
-        """A checkpoint directory, or a registered model name with seeded random weights."""
+    def from_runner(cls, runner) -> "Engine":
+        engine = cls.__new__(cls)
+        engine.runner, engine.config, engine.backend = runner, runner.config, runner.backend
+        return engine
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str | os.PathLike,
+        backend: str = "auto",
+        dtype: torch.dtype | None = None,
+        seed: int = 0,
+    ) -> "Engine":
+        """An artifact directory (it holds manifest.json; "auto" -> "onnxruntime"), or a checkpoint directory
+        or registered model name (seeded random weights; "auto" -> "torch")."""
+        if backend not in LOAD_BACKENDS:
+            check_backend(backend)  # unknown, or a runtime that is missing or not built
+        if is_artifact_dir(name_or_path):
+            if backend not in ("auto", "onnxruntime"):
+                raise ZooError(
+                    f"{name_or_path} is an exported artifact (ONNX graphs, no torch weights): it runs on the "
+                    f"onnxruntime backend; for {backend}, load the model name or checkpoint it was exported from"
+                )
+            return cls.load_artifact(name_or_path, dtype)
+        backend = "torch" if backend == "auto" else backend
+        check_backend(backend)  # before loading: onnxruntime needs an artifact
         from zoo.registry import load_model
 
-        return cls(load_model(name_or_path, dtype=dtype, seed=seed), backend)
+        return cls(load_model(str(name_or_path), dtype=dtype, seed=seed), backend)
+
+    @classmethod
+    def load_artifact(cls, path: str | os.PathLike, dtype: torch.dtype | None = None) -> "Engine":
+        """An exported artifact on ONNX Runtime (checked by export.artifact.verify first)."""
+        from runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+        runner = OnnxRuntimeRunner(path)
+        if dtype is not None and dtype != runner.dtype:
+            raise ZooError(
+                f"{path} holds {runner.manifest['dtype']} graphs; export it again with --dtype "
+                f"{str(dtype).removeprefix('torch.')} for that dtype"
+            )
+        return cls.from_runner(runner)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The nn.Module of a torch / compiled engine (an artifact's engine has none)."""
+        if not hasattr(self.runner, "model"):
+            raise ZooError(f"the {self.backend} engine runs an exported artifact; it has no nn.Module")
+        return self.runner.model
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.runner.device
+
+    @property
+    def weight_layout(self) -> str:
+        return getattr(self.runner, "weight_layout", "as-is")
 
     def layout_for(self, batch: int) -> str:
-        if self.weight_layout != "auto":
-            return self.weight_layout
-        from passes.matvec_pass import MAX_ROWS
-
-        return "row-major" if self.backend == "compiled" and batch <= MAX_ROWS else "column-major"
+        return self.runner.layout_for(batch) if hasattr(self.runner, "layout_for") else "as-is"
 
     def check_request(self, prompts: list[list[int]], max_new_tokens: int, eos: set[int] = frozenset()) -> None:
         if not prompts:
@@ -194,15 +184,13 @@ class Engine:
 
     def cache_length(self, longest_prompt: int, max_new_tokens: int) -> int:
         needed = longest_prompt + max_new_tokens
-        if self.backend == "compiled":
+        if self.runner.static_shapes:
             needed = -(-needed // CACHE_BUCKET) * CACHE_BUCKET
         return min(needed, self.config.max_seq_len)
 
     def fit_compressed_cache(self, state: dict, limit: int, after_prefill: bool = False) -> dict:
         """Resize a compressed cache to compressed_capacity (a copy only when the capacity changes)."""
-        in_use, capacity = self.model.cache_slots(state)
-        wanted = compressed_capacity(in_use, capacity, limit, after_prefill)
-        return state if wanted == capacity else self.model.resize_cache(state, wanted)
+        return runtime_state.CompressedCacheManager(self.runner, limit, CACHE_BUCKET).fit(state, after_prefill)
 
     def warmup(self, prompts: list[list[int]], max_new_tokens: int) -> float:
         """Run the request's shapes once (this compiles the compiled backend's prefill and decode step);
@@ -232,14 +220,15 @@ class Engine:
     ) -> GenerationResult:
         """Generate up to max_new_tokens per prompt; a row stops after emitting an EOS id (kept in its output).
 
-        cache_length: cache slots to allocate (default: longest prompt + max_new_tokens, bucketed for the
-        compiled backend); for a compressed cache, the most it may grow to.
+        cache_length: cache slots to allocate (default: longest prompt + max_new_tokens, bucketed for a
+        runner with static decode shapes); for a compressed cache, the most it may grow to.
         """
         eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
         self.check_request(prompts, max_new_tokens, eos)
         validate_sampling(temperature, top_k, top_p)
-        set_weight_layout(self.model, self.layout_for(len(prompts)))
-        device = self.device
+        runner = self.runner
+        runner.prepare(len(prompts))
+        device = runner.device
         generator = None
         if temperature > 0:
             generator = torch.Generator(device=device)
@@ -257,14 +246,15 @@ class Engine:
             raise ZooError(
                 f"cache_length={cache_length} must be in [{longest + max_new_tokens}, {self.config.max_seq_len}]"
             )
-        compressed = getattr(self.model, "compressed_cache", False)
-        state = self.model.init_state(batch, longest if compressed else cache_length)
+        compressed = runner.compressed_cache
+        manager = runtime_state.CompressedCacheManager(runner, cache_length, CACHE_BUCKET) if compressed else None
+        state = runner.init_state(batch, longest if compressed else cache_length)
 
         result = GenerationResult(tokens=[[] for _ in prompts], start_time=time.perf_counter())
-        logits, state = self._prefill(input_ids, lengths, state)
+        logits, state = runner.prefill(input_ids, lengths, state)
         if compressed:
-            state = self.fit_compressed_cache(state, cache_length, after_prefill=True)
-        result.state_bytes = sum(t.nbytes for t in state.values())
+            state = manager.fit(state, after_prefill=True)
+        result.state_bytes = runner.state_bytes(state)
         positions = lengths
         finished = [False] * batch
         for step in range(max_new_tokens):
@@ -278,10 +268,9 @@ class Engine:
             if all(finished) or step == max_new_tokens - 1:
                 break
             if compressed:
-                state = self.fit_compressed_cache(state, cache_length)
-                result.state_bytes = max(result.state_bytes, sum(t.nbytes for t in state.values()))
-            logits, state = self._decode(next_tokens, positions, state)
+                state = manager.fit(state)
+                result.state_bytes = max(result.state_bytes, runner.state_bytes(state))
+            logits, state = runner.decode_step(next_tokens, positions, state)
             positions = positions + 1
-        if hasattr(self.model, "state_summary"):
-            result.state_summary = self.model.state_summary(state, positions)
+        result.state_summary = runner.state_summary(state, positions)
         return result

@@ -182,7 +182,13 @@ def load_tokenizer(path: str):
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed and random-weight seed.")
 @click.option("--eos-id", type=int, multiple=True, help="Stop a prompt after this token id; repeatable.")
-@click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "compiled"]))
+@click.option(
+    "--backend",
+    default="torch",
+    show_default=True,
+    type=click.Choice(["torch", "compiled", "onnxruntime"]),
+    help="onnxruntime runs an exported artifact directory (`zoo export`; see also `zoo run`).",
+)
 @click.option(
     "--dtype",
     type=click.Choice(sorted(DTYPES)),
@@ -241,6 +247,59 @@ def generate_command(
         per_layer = ", ".join(f"{r:.2f}" for r in result.state_summary["compression"]["per_layer"])
         tpot += f"; DMC compression {result.state_summary['compression']['overall']:.2f}x (per layer: {per_layer})"
     click.echo(f"TTFT {result.ttft_s * 1e3:.2f} ms{tpot}", err=True)
+
+
+@main.command("run")
+@click.argument("artifact")
+@click.option("--prompt-ids", multiple=True, required=True, help="Comma-separated token ids; repeat for a batch.")
+@click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--temperature", default=0.0, show_default=True, type=float, help="0 is greedy; must be >= 0.")
+@click.option("--top-k", type=int, default=None, help="Sample from the k most likely tokens (k >= 1).")
+@click.option(
+    "--top-p", type=float, default=None, help="Nucleus sampling: the smallest set with mass >= p, p in (0, 1]."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--eos-id", type=int, multiple=True, help="Stop a prompt after this token id; repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object with the tokens and timings.")
+def run_command(artifact, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id, as_json):
+    """Generate from ARTIFACT, a directory written by `zoo export`, on ONNX Runtime (checked first: manifest
+    version, zoo ops, every file's sha256). Output as `zoo generate`."""
+    from runtime import Engine
+    from runtime.sampling import validate_sampling
+
+    validate_sampling(temperature, top_k, top_p)
+    prompts = parse_prompt_ids(prompt_ids)
+    with status_line(f"loading {artifact} into ONNX Runtime", quiet=as_json):
+        engine = Engine.load_artifact(artifact)
+    result = engine.generate_with_stats(
+        prompts,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        eos_token_id=list(eos_id) or None,
+    )
+    tpot = None if math.isnan(result.tpot_s) else result.tpot_s  # JSON has no NaN
+    if as_json:
+        out = {
+            "model": artifact,
+            "backend": engine.backend,
+            "prompts": prompts,
+            "tokens": result.tokens,
+            "ttft_s": result.ttft_s,
+            "tpot_s": tpot,
+            **result.state_summary,
+        }
+        click.echo(json.dumps(out))
+        return
+    for i, tokens in enumerate(result.tokens):
+        click.echo(f"[{i}] {','.join(map(str, tokens))}")
+    timing = f"TTFT {result.ttft_s * 1e3:.2f} ms" + ("" if tpot is None else f", TPOT {tpot * 1e3:.2f} ms")
+    if "compression" in result.state_summary:
+        per_layer = ", ".join(f"{r:.2f}" for r in result.state_summary["compression"]["per_layer"])
+        timing += f"; DMC compression {result.state_summary['compression']['overall']:.2f}x (per layer: {per_layer})"
+    click.echo(timing, err=True)
 
 
 @main.command("upcycle")
@@ -430,7 +489,7 @@ def name_list(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
     default=("torch",),
     show_default=True,
     callback=name_list,
-    help="Comma-separated or repeated: torch, compiled.",
+    help="Comma-separated or repeated: torch, compiled; onnxruntime for an artifact TARGET (its only backend).",
 )
 @click.option("--batch", default="1", show_default=True, callback=int_list, help="Comma-separated batch sizes.")
 @click.option(
@@ -446,7 +505,10 @@ def name_list(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Prompts and random weights.")
 @click.option(
-    "--compare", type=click.Choice(["hf"]), default=None, help="Run a peer on the same weights and print ratios."
+    "--compare",
+    default=None,
+    help="Comma-separated peers run on the same weights, with ratio tables: hf (transformers' generate), "
+    "ort-genai (onnxruntime-genai; llama family, the genai extra).",
 )
 @click.option(
     "--json",
@@ -470,11 +532,11 @@ def bench_command(
     from rich.console import Console
     from rich.progress import Progress
 
-    from benchmarks.harness import Grid, check_outputs, plot, run_bench, write_json_atomically
+    from benchmarks.harness import Grid, check_outputs, peers_of, plot, run_bench, write_json_atomically
 
     check_outputs(json_path, plot_path)  # before the benchmark runs
     grid = Grid(backends, batch, prompt_len, gen_len, dtype=dtype, warmup=warmup, repeats=repeats, seed=seed)
-    points = len(grid.points()) * (len(backends) + (compare is not None))
+    points = len(grid.points()) * (len(backends) + len(peers_of(compare)))
     console = Console(stderr=True)
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("starting", total=points)
@@ -543,8 +605,7 @@ def print_bench_tables(report: dict) -> None:
         )
     console = Console(width=220)
     console.print(table)
-    if report["comparisons"]:
-        peer = report["comparisons"][0]["peer"]
+    for peer in dict.fromkeys(c["peer"] for c in report["comparisons"]):
         ratios = Table(title=f"ratios against {peer} (below 1: the zoo is faster / smaller; tok/s: above 1 is faster)")
         for h in [
             "runner",
@@ -574,6 +635,8 @@ def print_bench_tables(report: dict) -> None:
             "state_bytes",
         ]
         for c in report["comparisons"]:
+            if c["peer"] != peer:
+                continue
             values = [c["ratios"][k] for k in keys]
             ratios.add_row(
                 c["runner"],
@@ -583,6 +646,8 @@ def print_bench_tables(report: dict) -> None:
                 *("n/a" if v is None else f"{v:.2f}x" for v in values),
             )
         console.print(ratios)
+    for note in report.get("notes", []):
+        console.print(f"note: {note}")
 
 
 if __name__ == "__main__":

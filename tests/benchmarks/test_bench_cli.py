@@ -93,5 +93,26 @@ def test_missing_runtime_names_the_extra():
 
 def test_compare_needs_hf_weights(tmp_path):
     zoo.save_pretrained(zoo.build("llama-tiny"), tmp_path / "ckpt")
-    with pytest.raises(ZooError, match="--compare hf needs a model name or an HF-format checkpoint"):
+    with pytest.raises(ZooError, match="--compare needs a model name or an HF-format checkpoint"):
         run_bench(str(tmp_path / "ckpt"), Grid(("torch",), (1,), (4,), (2,)), compare="hf")
+
+
+def test_two_peers_each_get_a_ratio_table():
+    report = run_bench("llama-tiny", Grid(("torch",), (1,), (6,), (3,), warmup=0, repeats=1), compare="hf,ort-genai")
+    jsonschema.validate(report, REPORT_SCHEMA)
+    assert [r["runner"] for r in report["results"]] == ["torch", "hf", "ort-genai"]
+    assert [(c["runner"], c["peer"]) for c in report["comparisons"]] == [("torch", "hf"), ("torch", "ort-genai")]
+    assert report["grid"]["compare"] == ["hf", "ort-genai"] and report["notes"] == []
+
+
+def test_ort_genai_on_a_family_its_builder_cannot_convert_is_a_note():
+    report = run_bench("mamba2-tiny", Grid(("torch",), (1,), (6,), (3,), warmup=0, repeats=1), compare="hf,ort-genai")
+    assert [c["peer"] for c in report["comparisons"]] == ["hf"]
+    assert report["notes"] == [
+        "ort-genai not run: its model builder does not convert the mamba2 family (supported: llama)"
+    ]
+
+
+def test_unknown_peer():
+    result = CliRunner().invoke(main, ["bench", "llama-tiny", "--compare", "hf,vllm"])
+    assert result.exit_code == 1 and "unknown peer 'vllm'; known: hf, ort-genai" in result.output
