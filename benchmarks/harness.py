@@ -77,8 +77,8 @@ class Run:
 class ZooRunner:
     """A zoo Engine (any backend) timed through generate_with_stats."""
 
-    def __init__(self, engine):
-        self.name = engine.backend
+    def __init__(self, engine, name: str | None = None):
+        self.name = name or engine.backend
         self.engine = engine
 
     def warmup(self, prompts, gen_len):
@@ -206,6 +206,28 @@ def summarise(runs: list[Run], config, batch, prompt_len, gen_len, dtype, machin
 
 
 ARTIFACT_BACKEND = "onnxruntime"
+# For a model target, the bench exports the model first (fused or unfused ONNX, into a temporary artifact)
+# and runs the artifact on ONNX Runtime, beside the torch backends on the very same weights.
+EXPORTED_BACKENDS = {"onnxruntime": True, "onnxruntime-unfused": False}
+
+
+def model_engines(model, backends, temporary: contextlib.ExitStack, status) -> list:
+    """One (engine, runner name) per backend: torch / compiled on the model, onnxruntime[-unfused] on an
+    artifact exported from it into a temporary directory that lives as long as `temporary`."""
+    from runtime import Engine
+
+    engines = []
+    for backend in backends:
+        if backend in EXPORTED_BACKENDS:
+            from export.onnx import export_onnx
+
+            status(f"exporting the model ({backend})")
+            directory = Path(temporary.enter_context(tempfile.TemporaryDirectory())) / "artifact"
+            export_onnx(model, directory, fused=EXPORTED_BACKENDS[backend])
+            engines.append((Engine.load_artifact(directory), backend))
+        else:
+            engines.append((Engine.from_model(model, backend), backend))
+    return engines
 
 
 def artifact_engines(target: str, grid: Grid, compare: str | None) -> tuple[list, list[str]]:
@@ -231,9 +253,12 @@ def artifact_engines(target: str, grid: Grid, compare: str | None) -> tuple[list
 
 def run_bench(target: str, grid: Grid, compare: str | None = None, device="cpu", progress=None, status=None) -> dict:
     """Run the grid and return the report (REPORT_SCHEMA). `progress(advance)` is called after each point,
-    `status(text)` before each phase (loading, machine measurements, calibration)."""
-    status = status or (lambda text: None)
-    from runtime import Engine
+    `status(text)` before each phase (loading, exporting, machine measurements, calibration)."""
+    with contextlib.ExitStack() as temporary:  # artifacts exported for the onnxruntime backends of a model
+        return _run_bench(target, grid, compare, device, progress, status or (lambda text: None), temporary)
+
+
+def _run_bench(target, grid, compare, device, progress, status, temporary: contextlib.ExitStack) -> dict:
     from runtime.engine import check_backend, is_artifact_dir
 
     dtype = getattr(torch, grid.dtype)
@@ -241,14 +266,15 @@ def run_bench(target: str, grid: Grid, compare: str | None = None, device="cpu",
     hf_model, notes = None, []
     if is_artifact_dir(target):
         engines, notes = artifact_engines(target, grid, compare)
+        engines = [(engine, ARTIFACT_BACKEND) for engine in engines]
         grid = dataclasses.replace(grid, backends=(ARTIFACT_BACKEND,))
-        config = engines[0].config
+        config = engines[0][0].config
     else:
         for backend in grid.backends:
-            check_backend(backend)
+            check_backend("onnxruntime" if backend in EXPORTED_BACKENDS else backend, allow_artifacts=True)
         model, hf_model = load_target(target, dtype, grid.seed, compare)
-        engines = [Engine.from_model(model, backend) for backend in grid.backends]
         config = model.config
+        engines = model_engines(model, grid.backends, temporary, status)
     grid.validate(config.max_seq_len)
     status("measuring memory bandwidth and matmul throughput")
     machine_figures = {
@@ -261,7 +287,7 @@ def run_bench(target: str, grid: Grid, compare: str | None = None, device="cpu",
     machine_figures["reference_calibration_s"] = machine.REFERENCE_CALIBRATION_S
     machine_figures["reference_machine"] = machine.REFERENCE_MACHINE
     status("benchmarking")
-    runners = [ZooRunner(engine) for engine in engines]
+    runners = [ZooRunner(engine, name) for engine, name in engines]
     peers = peers_of(compare)
     if "hf" in peers:
         runners.append(HFRunner(hf_model, config))

@@ -30,9 +30,9 @@ WEIGHT_LAYOUTS = ("auto", "as-is", "row-major", "column-major")
 RECOMPILE_LIMIT = 64
 
 
-def check_backend(name: str) -> None:
+def check_backend(name: str, allow_artifacts: bool = False) -> None:
     """Raise an error that says why `name` cannot run a model given as an nn.Module (unknown, runtime
-    missing, or a backend that runs exported artifacts)."""
+    missing, or a backend that runs exported artifacts, unless `allow_artifacts`: the caller exports)."""
     if name in TORCH_BACKENDS:
         return
     if name not in ARTIFACT_BACKENDS:
@@ -43,6 +43,8 @@ def check_backend(name: str) -> None:
     require(module, extra)  # MissingDependencyError naming the extra when the runtime is not installed
     if name == "tensorrt":
         raise ZooError("the tensorrt backend is not implemented yet; available backends: " + ", ".join(BACKENDS))
+    if allow_artifacts:
+        return
     raise ZooError(
         f"the {name} backend runs exported artifacts: export the model with `zoo export MODEL -o DIR` and "
         f"load DIR (`zoo run DIR`, Engine.load(DIR))"

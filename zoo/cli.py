@@ -489,7 +489,8 @@ def name_list(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
     default=("torch",),
     show_default=True,
     callback=name_list,
-    help="Comma-separated or repeated: torch, compiled; onnxruntime for an artifact TARGET (its only backend).",
+    help="Comma-separated or repeated: torch, compiled, onnxruntime, onnxruntime-unfused (the model exported to "
+    "a temporary fused or unfused ONNX artifact first); an artifact TARGET runs on onnxruntime only.",
 )
 @click.option("--batch", default="1", show_default=True, callback=int_list, help="Comma-separated batch sizes.")
 @click.option(

@@ -116,3 +116,12 @@ def test_ort_genai_on_a_family_its_builder_cannot_convert_is_a_note():
 def test_unknown_peer():
     result = CliRunner().invoke(main, ["bench", "llama-tiny", "--compare", "hf,vllm"])
     assert result.exit_code == 1 and "unknown peer 'vllm'; known: hf, ort-genai" in result.output
+
+
+@pytest.mark.slow
+def test_model_benched_on_its_exported_onnx_beside_torch():
+    grid = Grid(("torch", "onnxruntime", "onnxruntime-unfused"), (2,), (7,), (3,), warmup=0, repeats=1)
+    report = run_bench("llama-tiny", grid)
+    jsonschema.validate(report, REPORT_SCHEMA)
+    assert [r["runner"] for r in report["results"]] == ["torch", "onnxruntime", "onnxruntime-unfused"]
+    assert all(len(run["token_times_s"]) == 3 for r in report["results"] for run in r["runs"])
