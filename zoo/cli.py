@@ -170,18 +170,72 @@ def load_tokenizer(path: str):
         raise ZooError(f"{tokenizer_file} is not a valid tokenizers file: {str(exc).splitlines()[0]}") from exc
 
 
+def request_options(seed_help: str):
+    """The options `generate` and `run` share: prompts as ids, length, sampling, EOS, JSON output."""
+
+    def decorate(command):
+        for option in reversed(
+            [
+                click.option("--prompt-ids", multiple=True, help="Comma-separated token ids; repeat for a batch."),
+                click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1)),
+                click.option(
+                    "--temperature", default=0.0, show_default=True, type=float, help="0 is greedy; must be >= 0."
+                ),
+                click.option("--top-k", type=int, default=None, help="Sample from the k most likely tokens (k >= 1)."),
+                click.option(
+                    "--top-p",
+                    type=float,
+                    default=None,
+                    help="Nucleus sampling: the smallest set with mass >= p, p in (0, 1].",
+                ),
+                click.option("--seed", type=int, default=0, show_default=True, help=seed_help),
+                click.option(
+                    "--eos-id", type=int, multiple=True, help="Stop a prompt after this token id; repeatable."
+                ),
+                click.option(
+                    "--json", "as_json", is_flag=True, help="Print a JSON object with the tokens and timings."
+                ),
+            ]
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def generate_and_print(engine, source: str, prompts, max_new_tokens, sampling: dict, as_json: bool, tokenizer=None):
+    """Generate and print: one line per prompt (its new ids, or text with a tokenizer) and the timings on
+    stderr, or with --json one object {"model", "backend", "prompts", "tokens", "ttft_s", "tpot_s", ...}."""
+    result = engine.generate_with_stats(prompts, max_new_tokens, **sampling)
+    texts = [tokenizer.decode(t) for t in result.tokens] if tokenizer else None
+    tpot = None if math.isnan(result.tpot_s) else result.tpot_s  # JSON has no NaN
+    if as_json:
+        out = {
+            "model": source,
+            "backend": engine.backend,
+            "prompts": prompts,
+            "tokens": result.tokens,
+            "ttft_s": result.ttft_s,
+            "tpot_s": tpot,
+            **result.state_summary,
+        }
+        if texts is not None:
+            out["text"] = texts
+        click.echo(json.dumps(out))
+        return
+    for i, tokens in enumerate(result.tokens):
+        click.echo(f"[{i}] {texts[i] if texts else ','.join(map(str, tokens))}")
+    timing = f"TTFT {result.ttft_s * 1e3:.2f} ms" + ("" if tpot is None else f", TPOT {tpot * 1e3:.2f} ms")
+    if "compression" in result.state_summary:
+        per_layer = ", ".join(f"{r:.2f}" for r in result.state_summary["compression"]["per_layer"])
+        timing += f"; DMC compression {result.state_summary['compression']['overall']:.2f}x (per layer: {per_layer})"
+    click.echo(timing, err=True)
+
+
 @main.command("generate")
 @click.argument("model")
-@click.option("--prompt-ids", multiple=True, help="Comma-separated token ids; repeat for a batch.")
 @click.option("--prompt", "prompt_texts", multiple=True, help="Text (needs tokenizer.json in MODEL); repeatable.")
-@click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--temperature", default=0.0, show_default=True, type=float, help="0 is greedy; must be >= 0.")
-@click.option("--top-k", type=int, default=None, help="Sample from the k most likely tokens (k >= 1).")
-@click.option(
-    "--top-p", type=float, default=None, help="Nucleus sampling: the smallest set with mass >= p, p in (0, 1]."
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed and random-weight seed.")
-@click.option("--eos-id", type=int, multiple=True, help="Stop a prompt after this token id; repeatable.")
+@request_options(seed_help="Sampling seed and random-weight seed.")
 @click.option(
     "--backend",
     default="torch",
@@ -195,9 +249,8 @@ def load_tokenizer(path: str):
     default=None,
     help="Default: the checkpoint's dtype (float32 for names).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object with the tokens and timings.")
 def generate_command(
-    model, prompt_ids, prompt_texts, max_new_tokens, temperature, top_k, top_p, seed, eos_id, backend, dtype, as_json
+    model, prompt_texts, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id, as_json, backend, dtype
 ):
     """Generate from MODEL, a registered name (seeded random weights) or a checkpoint directory."""
     from runtime import Engine
@@ -215,91 +268,27 @@ def generate_command(
             seconds = engine.warmup(prompts, max_new_tokens)
         if not as_json:
             click.echo(f"compiled prefill and decode step in {seconds:.1f} s", err=True)
-    result = engine.generate_with_stats(
-        prompts,
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        eos_token_id=list(eos_id) or None,
-    )
-    texts = [tokenizer.decode(t) for t in result.tokens] if tokenizer else None
-    if as_json:
-        tpot = None if math.isnan(result.tpot_s) else result.tpot_s  # JSON has no NaN
-        out = {
-            "model": model,
-            "backend": backend,
-            "prompts": prompts,
-            "tokens": result.tokens,
-            "ttft_s": result.ttft_s,
-            "tpot_s": tpot,
-            **result.state_summary,
-        }
-        if texts is not None:
-            out["text"] = texts
-        click.echo(json.dumps(out))
-        return
-    for i, tokens in enumerate(result.tokens):
-        click.echo(f"[{i}] {texts[i] if texts else ','.join(map(str, tokens))}")
-    tpot = "" if math.isnan(result.tpot_s) else f", TPOT {result.tpot_s * 1e3:.2f} ms"
-    if "compression" in result.state_summary:
-        per_layer = ", ".join(f"{r:.2f}" for r in result.state_summary["compression"]["per_layer"])
-        tpot += f"; DMC compression {result.state_summary['compression']['overall']:.2f}x (per layer: {per_layer})"
-    click.echo(f"TTFT {result.ttft_s * 1e3:.2f} ms{tpot}", err=True)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, eos_token_id=list(eos_id) or None)
+    generate_and_print(engine, model, prompts, max_new_tokens, sampling, as_json, tokenizer)
 
 
 @main.command("run")
 @click.argument("artifact")
-@click.option("--prompt-ids", multiple=True, required=True, help="Comma-separated token ids; repeat for a batch.")
-@click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--temperature", default=0.0, show_default=True, type=float, help="0 is greedy; must be >= 0.")
-@click.option("--top-k", type=int, default=None, help="Sample from the k most likely tokens (k >= 1).")
-@click.option(
-    "--top-p", type=float, default=None, help="Nucleus sampling: the smallest set with mass >= p, p in (0, 1]."
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
-@click.option("--eos-id", type=int, multiple=True, help="Stop a prompt after this token id; repeatable.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object with the tokens and timings.")
+@request_options(seed_help="Sampling seed.")
 def run_command(artifact, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id, as_json):
     """Generate from ARTIFACT, a directory written by `zoo export`, on ONNX Runtime (checked first: manifest
     version, zoo ops, every file's sha256). Output as `zoo generate`."""
     from runtime import Engine
     from runtime.sampling import validate_sampling
 
+    if not prompt_ids:
+        raise click.UsageError("give --prompt-ids")
     validate_sampling(temperature, top_k, top_p)
     prompts = parse_prompt_ids(prompt_ids)
     with status_line(f"loading {artifact} into ONNX Runtime", quiet=as_json):
         engine = Engine.load_artifact(artifact)
-    result = engine.generate_with_stats(
-        prompts,
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        eos_token_id=list(eos_id) or None,
-    )
-    tpot = None if math.isnan(result.tpot_s) else result.tpot_s  # JSON has no NaN
-    if as_json:
-        out = {
-            "model": artifact,
-            "backend": engine.backend,
-            "prompts": prompts,
-            "tokens": result.tokens,
-            "ttft_s": result.ttft_s,
-            "tpot_s": tpot,
-            **result.state_summary,
-        }
-        click.echo(json.dumps(out))
-        return
-    for i, tokens in enumerate(result.tokens):
-        click.echo(f"[{i}] {','.join(map(str, tokens))}")
-    timing = f"TTFT {result.ttft_s * 1e3:.2f} ms" + ("" if tpot is None else f", TPOT {tpot * 1e3:.2f} ms")
-    if "compression" in result.state_summary:
-        per_layer = ", ".join(f"{r:.2f}" for r in result.state_summary["compression"]["per_layer"])
-        timing += f"; DMC compression {result.state_summary['compression']['overall']:.2f}x (per layer: {per_layer})"
-    click.echo(timing, err=True)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, eos_token_id=list(eos_id) or None)
+    generate_and_print(engine, artifact, prompts, max_new_tokens, sampling, as_json)
 
 
 @main.command("upcycle")
