@@ -9,12 +9,14 @@ without it. The peer runs fp32 on CPU.
 import contextlib
 import io
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.harness import quiet_hf_progress
 from zoo.errors import ZooError, require
 
 # Zoo families whose HF twin the builder converts. Verified unsupported by onnxruntime-genai 0.18's builder:
@@ -40,6 +42,18 @@ def write_wordlevel_tokenizer(directory: Path, vocab_size: int) -> None:
     Tokenizer(models.WordLevel(vocab, unk_token="<0>")).save(str(directory / "tokenizer.json"))
 
 
+@contextlib.contextmanager
+def preserved_root_logging():
+    """The root logger's level and handlers as they were, whatever the block configures."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
+
+
 def build_genai_model(hf_model, out_dir, vocab_size: int) -> Path:
     """Convert `hf_model` with onnxruntime-genai's model builder (fp32, CPU) into `out_dir`, and return it.
 
@@ -51,12 +65,15 @@ def build_genai_model(hf_model, out_dir, vocab_size: int) -> Path:
     its logit. The zoo's twins have none, so the last vocabulary id is named EOS and pad: the peer's greedy
     picks can differ from the zoo's only where that id would be the argmax."""
     require("onnxruntime_genai", "genai")
-    from onnxruntime_genai.models import builder
+    transformers = require("transformers", "hf")
+    with preserved_root_logging():  # the builder configures the root logger at INFO when imported
+        from onnxruntime_genai.models import builder
 
     out_dir = Path(out_dir)
-    with tempfile.TemporaryDirectory(prefix="zoo-genai-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="zoo-genai-") as tmp, preserved_root_logging():
         hf_dir, cache_dir = Path(tmp) / "hf", Path(tmp) / "cache"
-        hf_model.save_pretrained(hf_dir)
+        with quiet_hf_progress(transformers):
+            hf_model.save_pretrained(hf_dir)
         config_path = hf_dir / "config.json"
         hf_config = json.loads(config_path.read_text())
         if hf_config.get("eos_token_id") is None:
