@@ -9,14 +9,6 @@ from dataclasses import dataclass
 
 import torch
 
-StateShapes = dict[str, tuple[tuple[int, ...], torch.dtype | None]]  # name -> (shape, dtype or None: model's)
-
-
-def allocate(shapes: StateShapes, index: int, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
-    return {
-        f"{name}{index}": torch.zeros(shape, dtype=d or dtype, device=device) for name, (shape, d) in shapes.items()
-    }
-
 
 def layer_view(state: dict[str, torch.Tensor], names: tuple[str, ...], index: int) -> dict[str, torch.Tensor]:
     """The tensors of one layer, under their short names (the same tensors: updates go through)."""
