@@ -74,7 +74,7 @@ def test_schema_rejects_a_broken_report(tmp_path):
     "args, message",
     [
         (["--backend", "tpu"], "unknown backend 'tpu'"),
-        (["--backend", "onnxruntime"], "runs exported artifacts"),
+        (["--backend", "tensorrt"], "tensorrt is not installed"),
         (["--batch", ""], "empty grid: no batches given"),
         (["--prompt-len", "250", "--gen-len", "10"], "exceeds the model's context of 256"),
         (["--batch", "1,x"], "not a comma-separated list of integers"),
