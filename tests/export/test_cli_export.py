@@ -11,7 +11,7 @@ from export.artifact import verify
 from tests.conftest import informative_weights
 from tests.export.parity import assert_parity, sessions
 from tests.test_bad_inputs import assert_error, cli, snapshot, workdir  # noqa: F401 (a fixture)
-from zoo.models.moe.config import MoEConfig
+from tests.zoo.test_moe import MIXTRAL  # the Mixtral twin of the MoE parity tests
 from zoo.registry import get_config, load_model
 
 
@@ -51,18 +51,6 @@ def test_export_help():
     assert result.exit_code == 0 and "--unfused" in result.output and "--overwrite" in result.output
 
 
-MIXTRAL = MoEConfig(  # tests/zoo/test_moe.py's Mixtral twin
-    vocab_size=97,
-    d_model=32,
-    n_layers=2,
-    n_heads=4,
-    n_kv_heads=2,
-    d_ff=24,
-    n_experts=6,
-    top_k=2,
-    d_expert=24,
-    routing="topk-softmax",
-)
 HF_CASES = [
     pytest.param(get_config("llama-tiny"), id="llama"),
     pytest.param(get_config("mamba2-tiny"), id="mamba2", marks=pytest.mark.slow),
