@@ -27,3 +27,13 @@ def test_zoo_kernels_compiles_all_for_sm90():
         assert row["ok"] and row["target"] == "sm_90", row
         assert row["ptx_bytes"] > 1000 and row["num_warps"] >= 1 and row["shared_bytes"] >= 0
         assert row["registers"] is None or 0 < row["registers"] <= 255
+
+
+def test_a_kernel_that_fails_to_compile_is_listed_and_exits_1(monkeypatch):
+    import zoo.ops.triton_aot
+
+    failed = {"ok": False, "name": "broken", "op": "rms_norm", "error": "CompilationError: at 3:4"}
+    monkeypatch.setattr(zoo.ops.triton_aot, "compile_all", lambda capability: [failed])
+    result = CliRunner().invoke(main, ["kernels"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "FAILED" in result.output and "Error: 1 of 1 kernels failed to compile for sm_90" in result.output
