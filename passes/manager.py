@@ -116,10 +116,12 @@ def fused_pipeline() -> list[Pass]:
     """The passes that take a captured program to its fused form."""
     from passes.idiom_fusion_pass import IDIOMS
     from passes.kernel_select_pass import kernel_select_pass
+    from passes.region_growth_pass import GROWTHS
 
     return [
         Pass("core_aten", lower_to_core_aten, on_program=True),
         *(Pass(f"idiom_fusion.{name}", fuse) for name, fuse in IDIOMS.items()),  # in IDIOMS' order
+        *(Pass(f"region_growth.{name}", grow) for name, grow in GROWTHS.items()),
         Pass("kernel_select", kernel_select_pass),
     ]
 

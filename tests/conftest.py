@@ -68,3 +68,23 @@ def assert_logits_match_hf(model, hf_model, vocab: int, lengths, atol: float = 1
         assert ours.shape == (2, length, vocab)
         assert theirs.abs().max() > 1.0  # the weights make logits informative, not all near zero
         torch.testing.assert_close(ours, theirs, atol=atol, rtol=0, msg=f"length {length}")
+
+
+def _missing(marker: str) -> str | None:
+    """Why the tests with `marker` cannot run here (None: they can)."""
+    import importlib.util
+
+    if marker == "gpu" and not torch.cuda.is_available():
+        return "needs a CUDA GPU; this machine has none"
+    if marker == "tensorrt" and (importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available()):
+        return "needs TensorRT and a CUDA GPU; not present here"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` or `tensorrt` skip, with the reason, where the machine lacks what they need."""
+    for item in items:
+        for marker in ("gpu", "tensorrt"):
+            reason = item.get_closest_marker(marker) and _missing(marker)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))

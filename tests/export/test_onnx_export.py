@@ -32,13 +32,13 @@ REGIONS = {
     "dmc-tiny": {"prefill": {"DmcPrefillCache": 2, "Swiglu": 2}, "decode": {"DmcDecodeAttention": 2, "Swiglu": 2}},
     "mamba2-tiny": {
         "prefill": {"CausalConv1d": 2, "SsdChunkScan": 2, "GatedRmsNorm": 2},
-        "decode": {"CausalConv1dUpdate": 2, "SsdStateUpdate": 2, "GatedRmsNorm": 2},
+        "decode": {"Mamba2DecodeStep": 2},  # conv step, state update and gated norm, grown into one
     },
     "mamba2-hybrid-tiny": {
         "prefill": {"CausalConv1d": 2, "SsdChunkScan": 2, "GatedRmsNorm": 2},
-        "decode": {"CausalConv1dUpdate": 2, "SsdStateUpdate": 2, "GatedRmsNorm": 2},
+        "decode": {"Mamba2DecodeStep": 2},  # conv step, state update and gated norm, grown into one
     },
-    "moe-tiny": {"prefill": {"MoeExperts": 2, "Rope": 4}, "decode": {"MoeExperts": 2, "Rope": 4}},
+    "moe-tiny": {"prefill": {"MoeLayer": 2, "Rope": 4}, "decode": {"MoeLayer": 2, "Rope": 4}},
 }
 
 

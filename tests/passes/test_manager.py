@@ -37,12 +37,22 @@ def expected_idiom_hits(config, phase: str) -> dict[str, int]:
     }
 
 
+def expected_growth_hits(config, phase: str) -> dict[str, int]:
+    """Each region growth's hits: one Mamba-2 decode step per Mamba layer, one router per MoE layer."""
+    mamba_steps = config.count("M") if config.family in ("mamba2", "mamba2-hybrid") and phase == "decode" else 0
+    return {"mamba2_decode_step": mamba_steps, "moe_layer": config.n_layers if config.family == "moe" else 0}
+
+
+def hits_of(records, prefix: str) -> dict[str, int]:
+    return {r.name.removeprefix(prefix): r.hits for r in records if r.name.startswith(prefix)}
+
+
 def test_fused_pipeline_hits_one_per_targeted_layer(family):
     _, model, steps = family
     for phase, step in steps.items():
         program, records = PassManager(fused_pipeline()).run(step.program)
-        hits = {r.name.removeprefix("idiom_fusion."): r.hits for r in records if r.name.startswith("idiom_fusion.")}
-        assert hits == expected_idiom_hits(model.config, phase), phase
+        assert hits_of(records, "idiom_fusion.") == expected_idiom_hits(model.config, phase), phase
+        assert hits_of(records, "region_growth.") == expected_growth_hits(model.config, phase), phase
         zoo_nodes = sum(n for op, n in records[-1].ops_after.items() if op.startswith("zoo."))
         assert records[-1].name == "kernel_select" and records[-1].hits == zoo_nodes  # every zoo node recorded
         for record in records:
@@ -113,10 +123,10 @@ def test_debug_mode_checks_numerics_after_every_pass():
 
 def test_kernel_selection_follows_the_kernel_choice():
     step = capture(zoo.build("moe-tiny"), "decode")
-    with zoo.ops.kernel_choice("reference", ops=["moe_experts"]):
+    with zoo.ops.kernel_choice("reference", ops=["moe_layer"]):
         program, records = PassManager(fused_pipeline()).run(step.program)
     assert records[-1].hits_by_kind == {"reference": 2, "cpu": 9}
-    chosen = {n.meta["zoo_kernel"] for n in program.graph.nodes if n.target == torch.ops.zoo.moe_experts.default}
+    chosen = {n.meta["zoo_kernel"] for n in program.graph.nodes if n.target == torch.ops.zoo.moe_layer.default}
     assert chosen == {"reference"}
 
 

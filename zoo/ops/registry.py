@@ -27,6 +27,16 @@ class ZooOp:
     def schema(self) -> str:
         return str(self.overload._schema)
 
+    @property
+    def op_type(self) -> str:
+        """The op name in CamelCase: the op type of its ONNX node and the name of its TensorRT plugin."""
+        return "".join(part.capitalize() for part in self.name.split("_"))
+
+    @property
+    def plugin_id(self) -> str:
+        """The id of its TensorRT plugin (zoo.ops.tensorrt_plugin), namespace "zoo"."""
+        return f"zoo::{self.op_type}"
+
 
 def op_folders() -> list[str]:
     return sorted(p.name for p in OPS_DIR.iterdir() if (p / "op.py").is_file())
@@ -40,9 +50,10 @@ def zoo_ops() -> dict[str, ZooOp]:
         importlib.import_module(f"zoo.ops.{folder}.op")
         reference = importlib.import_module(f"zoo.ops.{folder}.reference")
         for attribute in dir(reference):
-            name = attribute.removesuffix("_ref")
-            if attribute.endswith("_ref") and hasattr(torch.ops.zoo, name):
-                ops[name] = ZooOp(name, folder, getattr(reference, attribute))
+            name, function = attribute.removesuffix("_ref"), getattr(reference, attribute)
+            defined_here = getattr(function, "__module__", None) == reference.__name__  # not an imported one
+            if attribute.endswith("_ref") and defined_here and hasattr(torch.ops.zoo, name):
+                ops[name] = ZooOp(name, folder, function)
     return ops
 
 

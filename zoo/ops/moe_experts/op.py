@@ -7,25 +7,33 @@ import torch
 from zoo.ops.kernels import dispatch
 from zoo.ops.moe_experts.cpu import moe_experts_cpu
 from zoo.ops.moe_experts.reference import ACTIVATIONS, ROUTINGS, moe_experts_ref
+from zoo.ops.moe_experts.shapes import output_specs
 
 
-def check_arguments(x, router_logits, w_gate_up, w_down, top_k: int, routing: str, activation: str, gated: bool):
-    if x.dim() != 2 or router_logits.dim() != 2 or w_gate_up.dim() != 3 or w_down.dim() != 3:
-        raise ValueError("moe_experts takes x (T, d), router_logits (T, N), w_gate_up (N, 2F|F, d), w_down (N, d, F)")
+def check_experts(x, w_gate_up, w_down, top_k: int, routing: str, activation: str, gated: bool):
+    """The checks every MoE op shares: x (T, d) against the expert weights, top_k, routing, activation."""
+    if x.dim() != 2 or w_gate_up.dim() != 3 or w_down.dim() != 3:
+        raise ValueError("an MoE op takes x (T, d), w_gate_up (N, 2F|F, d), w_down (N, d, F)")
     n_experts, d_model, d_expert = w_down.shape
     expected_in = (n_experts, 2 * d_expert if gated else d_expert, d_model)
     if tuple(w_gate_up.shape) != expected_in:
         raise ValueError(
             f"w_gate_up has shape {tuple(w_gate_up.shape)}; w_down {tuple(w_down.shape)} needs {expected_in}"
         )
-    if x.shape[1] != d_model or router_logits.shape != (x.shape[0], n_experts):
-        raise ValueError(f"x {tuple(x.shape)} / router_logits {tuple(router_logits.shape)} do not match the experts")
+    if x.shape[1] != d_model:
+        raise ValueError(f"x has shape {tuple(x.shape)}; the experts need d_model={d_model}")
     if not 1 <= top_k <= n_experts:
         raise ValueError(f"top_k={top_k} must be in [1, n_experts={n_experts}]")
     if routing not in ROUTINGS:
         raise ValueError(f"unknown routing {routing!r}; known: {', '.join(ROUTINGS)}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
+
+
+def check_arguments(x, router_logits, w_gate_up, w_down, top_k: int, routing: str, activation: str, gated: bool):
+    check_experts(x, w_gate_up, w_down, top_k, routing, activation, gated)
+    if router_logits.dim() != 2 or router_logits.shape != (x.shape[0], w_down.shape[0]):
+        raise ValueError(f"x {tuple(x.shape)} / router_logits {tuple(router_logits.shape)} do not match the experts")
 
 
 def _triton_launcher():
@@ -56,7 +64,10 @@ def moe_experts(
 @moe_experts.register_fake
 def _(x, router_logits, w_gate_up, w_down, top_k, routing, activation, gated):
     check_arguments(x, router_logits, w_gate_up, w_down, top_k, routing, activation, gated)
-    return x.new_empty(x.shape)
+    tensors = (x, router_logits, w_gate_up, w_down)
+    attrs = dict(top_k=top_k, routing=routing, activation=activation, gated=gated)
+    ((shape, dtype),) = output_specs([t.shape for t in tensors], [t.dtype for t in tensors], **attrs)
+    return x.new_empty(shape, dtype=dtype)
 
 
 def _setup_context(ctx, inputs, output):

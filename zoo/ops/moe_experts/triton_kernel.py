@@ -169,6 +169,14 @@ def block_schedule(flat_experts: torch.Tensor, n_experts: int, block_m: int) -> 
     return sorted_slots, block_experts
 
 
+def dot_options(x: torch.Tensor) -> tuple[bool, str]:
+    """(upcast, input precision) of the tiles' dot products: the interpreter holds bf16 as raw bits, and
+    fp32 tiles are multiplied in fp32 anyway, so tiles are upcast off the GPU; fp32 inputs are multiplied
+    in full fp32 (as torch's matmul does by default), not tf32."""
+    upcast = x.device.type != "cuda" or x.dtype == torch.float32
+    return upcast, "ieee" if x.dtype == torch.float32 else "tf32"
+
+
 def moe_experts_triton(
     x: torch.Tensor,
     router_logits: torch.Tensor,
@@ -179,17 +187,29 @@ def moe_experts_triton(
     activation: str,
     gated: bool,
 ) -> torch.Tensor:
+    weights, experts = route(router_logits, top_k, routing)
+    return routed_experts_triton(x, weights, experts, w_gate_up, w_down, activation, gated)
+
+
+def routed_experts_triton(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    experts: torch.Tensor,
+    w_gate_up: torch.Tensor,
+    w_down: torch.Tensor,
+    activation: str,
+    gated: bool,
+) -> torch.Tensor:
+    """The expert compute of routed tokens: weights (T, K) fp32 and experts (T, K) from the routing ->
+    y (T, d) = sum over k of weights[:, k] x expert_k(x), by the gate/up and down kernels."""
     T, d_model = x.shape
+    top_k = experts.shape[1]
     n_experts, _, d_expert = w_down.shape
     x, w_gate_up, w_down = x.contiguous(), w_gate_up.contiguous(), w_down.contiguous()
-    weights, experts = route(router_logits, top_k, routing)
     n_slots = T * top_k
     sorted_slots, block_experts = block_schedule(experts.flatten(), n_experts, BLOCK_M)
     max_blocks = block_experts.numel()
-    # the interpreter holds bf16 as raw bits, and fp32 tiles are multiplied in fp32 anyway: upcast off the GPU
-    upcast = x.device.type != "cuda" or x.dtype == torch.float32
-    # fp32 inputs are multiplied in full fp32 (as torch's matmul does by default), not tf32
-    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    upcast, precision = dot_options(x)
     h = torch.empty(max_blocks * BLOCK_M, d_expert, dtype=x.dtype, device=x.device)
     moe_gate_up_kernel[(max_blocks, triton.cdiv(d_expert, BLOCK_F))](
         x,

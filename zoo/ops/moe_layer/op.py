@@ -1,0 +1,74 @@
+"""zoo::moe_layer: an MoE layer's router matmul, routing (fp32) and expert compute as one op, the region
+that region growth makes of a router linear feeding zoo::moe_experts. Its output shape (tokens, d_model)
+does not depend on the routing; the Triton implementation computes the router logits, the softmax and the
+top-K in one kernel, so the logits never go to memory."""
+
+import torch
+
+from zoo.ops.kernels import dispatch
+from zoo.ops.moe_experts.op import check_experts
+from zoo.ops.moe_layer.cpu import moe_layer_cpu
+from zoo.ops.moe_layer.reference import moe_layer_ref
+
+
+def check_arguments(x, router_weight, w_gate_up, w_down, top_k: int, routing: str, activation: str, gated: bool):
+    check_experts(x, w_gate_up, w_down, top_k, routing, activation, gated)
+    n_experts, d_model = w_down.shape[:2]
+    if router_weight.dim() != 2 or tuple(router_weight.shape) != (n_experts, d_model):
+        raise ValueError(
+            f"router_weight has shape {tuple(router_weight.shape)}; the experts need (n_experts, d_model) = "
+            f"({n_experts}, {d_model})"
+        )
+    if router_weight.dtype != x.dtype:
+        raise ValueError(f"router_weight is {router_weight.dtype}, x is {x.dtype}: the router runs in x's dtype")
+
+
+def _triton_launcher():
+    from zoo.ops.moe_layer.triton_kernel import moe_layer_triton
+
+    return moe_layer_triton
+
+
+@torch.library.custom_op("zoo::moe_layer", mutates_args=())
+def moe_layer(
+    x: torch.Tensor,
+    router_weight: torch.Tensor,
+    w_gate_up: torch.Tensor,
+    w_down: torch.Tensor,
+    top_k: int,
+    routing: str,
+    activation: str,
+    gated: bool,
+) -> torch.Tensor:
+    """x (T, d), router_weight (N, d) (nn.Linear layout, no bias), w_gate_up (N, 2F, d) [gate rows; up rows]
+    when gated or the up matrix (N, F, d) when plain, w_down (N, d, F) -> y (T, d) = zoo::moe_experts(x,
+    x @ router_weight^T, ...): the router logits in x's dtype, the routing ("softmax-topk" | "topk-softmax")
+    in fp32."""
+    check_arguments(x, router_weight, w_gate_up, w_down, top_k, routing, activation, gated)
+    impl = dispatch("moe_layer", x.device, reference=moe_layer_ref, cpu=moe_layer_cpu, triton=_triton_launcher)
+    return impl(x, router_weight, w_gate_up, w_down, top_k, routing, activation, gated)
+
+
+@moe_layer.register_fake
+def _(x, router_weight, w_gate_up, w_down, top_k, routing, activation, gated):
+    check_arguments(x, router_weight, w_gate_up, w_down, top_k, routing, activation, gated)
+    return x.new_empty(x.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    x, router_weight, w_gate_up, w_down, *config = inputs
+    ctx.save_for_backward(x, router_weight, w_gate_up, w_down)
+    ctx.config = config
+
+
+def _backward(ctx, grad_y):
+    """Gradients by autograd through the reference, recomputed (as zoo::moe_experts does): the router weight
+    gets its gradient through the routing weights."""
+    inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad)]
+    wanted = [t for t in inputs if t.requires_grad]
+    with torch.enable_grad():
+        grads = iter(torch.autograd.grad(moe_layer_ref(*inputs, *ctx.config), wanted, grad_y))
+    return *(next(grads) if t.requires_grad else None for t in inputs), None, None, None, None
+
+
+moe_layer.register_autograd(_backward, setup_context=_setup_context)
