@@ -5,6 +5,7 @@ import torch
 
 from zoo.ops.add_rms_norm.cpu import add_rms_norm_cpu
 from zoo.ops.add_rms_norm.reference import add_rms_norm_ref
+from zoo.ops.add_rms_norm.shapes import output_specs
 from zoo.ops.kernels import dispatch
 
 
@@ -36,6 +37,6 @@ def add_rms_norm(
 @add_rms_norm.register_fake
 def _(x, residual, weight, eps):
     check_inputs(x, residual, weight)
-    sum_dtype = torch.promote_types(x.dtype, residual.dtype)
-    normed = x.new_empty(x.shape, dtype=torch.promote_types(sum_dtype, weight.dtype))
-    return normed, x.new_empty(x.shape, dtype=sum_dtype)
+    tensors = (x, residual, weight)
+    specs = output_specs([t.shape for t in tensors], [t.dtype for t in tensors], eps=eps)
+    return tuple(x.new_empty(shape, dtype=dtype) for shape, dtype in specs)

@@ -5,6 +5,7 @@ import torch
 
 from zoo.ops.causal_conv1d.cpu import causal_conv1d_cpu, causal_conv1d_update_cpu
 from zoo.ops.causal_conv1d.reference import causal_conv1d_ref, causal_conv1d_update_ref
+from zoo.ops.causal_conv1d.shapes import output_specs, update_output_specs
 from zoo.ops.kernels import dispatch
 
 
@@ -45,8 +46,17 @@ def causal_conv1d(
 
 @causal_conv1d.register_fake
 def _(x, weight, bias, lengths):
-    b, _, dim = x.shape
-    return torch.empty_like(x), x.new_empty((b, dim, weight.shape[1]))
+    tensors = (x, weight, bias, lengths)
+    specs = output_specs([_shape(t) for t in tensors], [_dtype(t) for t in tensors])
+    return tuple(x.new_empty(shape, dtype=dtype) for shape, dtype in specs)
+
+
+def _shape(t):
+    return None if t is None else t.shape
+
+
+def _dtype(t):
+    return None if t is None else t.dtype
 
 
 @torch.library.custom_op("zoo::causal_conv1d_update", mutates_args=())
@@ -72,4 +82,6 @@ def causal_conv1d_update(
 
 @causal_conv1d_update.register_fake
 def _(window, x, weight, bias):
-    return torch.empty_like(x), torch.empty_like(window)
+    tensors = (window, x, weight, bias)
+    specs = update_output_specs([_shape(t) for t in tensors], [_dtype(t) for t in tensors])
+    return tuple(x.new_empty(shape, dtype=dtype) for shape, dtype in specs)

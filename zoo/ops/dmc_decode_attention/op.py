@@ -4,6 +4,7 @@ import torch
 
 from zoo.ops.dmc_decode_attention.cpu import dmc_decode_attention_cpu
 from zoo.ops.dmc_decode_attention.reference import dmc_decode_attention_ref
+from zoo.ops.dmc_decode_attention.shapes import output_specs
 from zoo.ops.kernels import dispatch
 
 OP_NAME = "dmc_decode_attention"
@@ -85,7 +86,7 @@ def _(
     scale,
     merge_period=0,
 ):
-    B, Hkv, D = k.shape
-    new_k = k_cache.new_empty(B, Hkv, D)
-    states = (slots, ksum, vsum, z, glen, ring_k, ring_v, ring_z)
-    return (q.new_empty(q.shape), new_k, torch.empty_like(new_k), *(torch.empty_like(t) for t in states))
+    tensors = (q, k, v, cos, sin, positions, k_cache, v_cache, slots, ksum, vsum, z, glen, ring_k, ring_v, ring_z)
+    attrs = dict(init_val=init_val, window=window, scale=scale, merge_period=merge_period)
+    specs = output_specs([t.shape for t in tensors], [t.dtype for t in tensors], **attrs)
+    return tuple(q.new_empty(shape, dtype=dtype) for shape, dtype in specs)

@@ -4,6 +4,7 @@ import torch
 
 from zoo.ops.dmc_prefill_cache.cpu import dmc_prefill_cache_cpu
 from zoo.ops.dmc_prefill_cache.reference import dmc_prefill_cache_ref
+from zoo.ops.dmc_prefill_cache.shapes import output_specs
 from zoo.ops.kernels import dispatch
 
 OP_NAME = "dmc_prefill_cache"
@@ -53,18 +54,6 @@ def dmc_prefill_cache(
 
 @dmc_prefill_cache.register_fake
 def _(alpha, omega, kv, acc, weight, k_slot, v_slot, lengths, capacity, window):
-    B, Hkv, _, D = k_slot.shape
-    f32 = dict(dtype=torch.float32, device=alpha.device)
-    k = k_slot.new_empty(B, Hkv, capacity, D)
-    return (
-        k,
-        v_slot.new_empty(B, Hkv, capacity, D),
-        torch.empty(B, Hkv, dtype=torch.int64, device=alpha.device),
-        torch.empty(B, Hkv, D, **f32),
-        torch.empty(B, Hkv, D, **f32),
-        torch.empty(B, Hkv, **f32),
-        torch.empty(B, Hkv, **f32),
-        torch.empty(B, Hkv, window, D, **f32),
-        torch.empty(B, Hkv, window, D, **f32),
-        torch.empty(B, Hkv, window, **f32),
-    )
+    tensors = (alpha, omega, kv, acc, weight, k_slot, v_slot, lengths)
+    specs = output_specs([t.shape for t in tensors], [t.dtype for t in tensors], capacity=capacity, window=window)
+    return tuple(alpha.new_empty(shape, dtype=dtype) for shape, dtype in specs)

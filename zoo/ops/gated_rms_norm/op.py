@@ -4,6 +4,7 @@ import torch
 
 from zoo.ops.gated_rms_norm.cpu import gated_rms_norm_cpu
 from zoo.ops.gated_rms_norm.reference import gated_rms_norm_ref
+from zoo.ops.gated_rms_norm.shapes import output_specs
 from zoo.ops.kernels import dispatch
 
 
@@ -34,4 +35,7 @@ def gated_rms_norm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, group
 @gated_rms_norm.register_fake
 def _(x, z, weight, group_size, eps):
     check_inputs(x, z, weight, group_size)
-    return x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype))
+    tensors = (x, z, weight)
+    specs = output_specs([t.shape for t in tensors], [t.dtype for t in tensors], group_size=group_size, eps=eps)
+    ((shape, dtype),) = specs
+    return x.new_empty(shape, dtype=dtype)

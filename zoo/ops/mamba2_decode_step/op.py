@@ -7,6 +7,7 @@ import torch
 from zoo.ops.kernels import dispatch
 from zoo.ops.mamba2_decode_step.cpu import mamba2_decode_step_cpu
 from zoo.ops.mamba2_decode_step.reference import bc_groups, mamba2_decode_step_ref
+from zoo.ops.mamba2_decode_step.shapes import output_specs
 
 
 def _triton():
@@ -86,9 +87,10 @@ def mamba2_decode_step(
 
 @mamba2_decode_step.register_fake
 def _(conv_window, ssm_state, xbc, z, dt, conv_weight, conv_bias, A, D, dt_bias, norm_weight, dt_min, dt_max, eps):
-    check_inputs(conv_window, ssm_state, xbc, z, dt, conv_weight, conv_bias, A, D, dt_bias, norm_weight)
-    return (
-        z.new_empty(z.shape, dtype=torch.promote_types(z.dtype, norm_weight.dtype)),
-        conv_window.new_empty(conv_window.shape),
-        ssm_state.new_empty(ssm_state.shape, dtype=torch.float32),
-    )
+    tensors = (conv_window, ssm_state, xbc, z, dt, conv_weight, conv_bias, A, D, dt_bias, norm_weight)
+    check_inputs(*tensors)
+    specs = output_specs(
+        [None if t is None else t.shape for t in tensors], [None if t is None else t.dtype for t in tensors],
+        dt_min=dt_min, dt_max=dt_max, eps=eps,
+    )  # fmt: skip
+    return tuple(ssm_state.new_empty(shape, dtype=dtype) for shape, dtype in specs)

@@ -9,6 +9,7 @@ from zoo.ops.kernels import dispatch
 from zoo.ops.moe_experts.op import check_experts
 from zoo.ops.moe_layer.cpu import moe_layer_cpu
 from zoo.ops.moe_layer.reference import moe_layer_ref
+from zoo.ops.moe_layer.shapes import output_specs
 
 
 def check_arguments(x, router_weight, w_gate_up, w_down, top_k: int, routing: str, activation: str, gated: bool):
@@ -52,7 +53,10 @@ def moe_layer(
 @moe_layer.register_fake
 def _(x, router_weight, w_gate_up, w_down, top_k, routing, activation, gated):
     check_arguments(x, router_weight, w_gate_up, w_down, top_k, routing, activation, gated)
-    return x.new_empty(x.shape)
+    tensors = (x, router_weight, w_gate_up, w_down)
+    attrs = dict(top_k=top_k, routing=routing, activation=activation, gated=gated)
+    ((shape, dtype),) = output_specs([t.shape for t in tensors], [t.dtype for t in tensors], **attrs)
+    return x.new_empty(shape, dtype=dtype)
 
 
 def _setup_context(ctx, inputs, output):

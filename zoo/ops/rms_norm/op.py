@@ -5,6 +5,7 @@ import torch
 from zoo.ops.kernels import dispatch
 from zoo.ops.rms_norm.cpu import rms_norm_cpu
 from zoo.ops.rms_norm.reference import rms_norm_ref
+from zoo.ops.rms_norm.shapes import output_specs
 
 
 def _triton():
@@ -29,4 +30,5 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 @rms_norm.register_fake
 def _(x, weight, eps):
     check_inputs(x, weight)
-    return x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype))
+    ((shape, dtype),) = output_specs([x.shape, weight.shape], [x.dtype, weight.dtype], eps=eps)
+    return x.new_empty(shape, dtype=dtype)

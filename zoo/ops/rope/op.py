@@ -5,6 +5,7 @@ import torch
 from zoo.ops.kernels import dispatch
 from zoo.ops.rope.cpu import rope_cpu
 from zoo.ops.rope.reference import rope_ref
+from zoo.ops.rope.shapes import output_specs
 
 
 def _triton():
@@ -37,4 +38,5 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 @rope.register_fake
 def _(x, cos, sin):
     check_inputs(x, cos, sin)
-    return x.new_empty(x.shape, dtype=torch.promote_types(torch.promote_types(x.dtype, cos.dtype), sin.dtype))
+    ((shape, dtype),) = output_specs([x.shape, cos.shape, sin.shape], [x.dtype, cos.dtype, sin.dtype])
+    return x.new_empty(shape, dtype=dtype)

@@ -9,6 +9,7 @@ import torch
 from zoo.ops.kernels import dispatch
 from zoo.ops.ssd_chunk_scan.cpu import ssd_chunk_scan_cpu
 from zoo.ops.ssd_chunk_scan.reference import ssd_chunk_scan_ref
+from zoo.ops.ssd_chunk_scan.shapes import output_specs
 
 
 def _triton():
@@ -48,5 +49,7 @@ def ssd_chunk_scan(
 
 @ssd_chunk_scan.register_fake
 def _(x, dt, A, B, C, initial_state, chunk_size):
-    b, L, h, p = x.shape
-    return x.new_empty((b, L, h, p), dtype=torch.float32), x.new_empty((b, h, p, B.shape[3]), dtype=torch.float32)
+    check_inputs(x, dt, A, B, C, initial_state, chunk_size)
+    tensors = (x, dt, A, B, C, initial_state)
+    specs = output_specs([t.shape for t in tensors], [t.dtype for t in tensors], chunk_size=chunk_size)
+    return tuple(x.new_empty(shape, dtype=dtype) for shape, dtype in specs)

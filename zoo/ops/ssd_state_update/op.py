@@ -6,6 +6,7 @@ import torch
 from zoo.ops.kernels import dispatch
 from zoo.ops.ssd_state_update.cpu import ssd_state_update_cpu
 from zoo.ops.ssd_state_update.reference import ssd_state_update_ref
+from zoo.ops.ssd_state_update.shapes import output_specs
 
 
 def _triton():
@@ -53,4 +54,6 @@ def ssd_state_update(
 
 @ssd_state_update.register_fake
 def _(state, x, dt, A, B, C, D, dt_bias, dt_min, dt_max):
-    return x.new_empty(x.shape, dtype=torch.float32), state.new_empty(state.shape, dtype=torch.float32)
+    tensors = (state, x, dt, A, B, C, D, dt_bias)
+    specs = output_specs([t.shape for t in tensors], [t.dtype for t in tensors], dt_min=dt_min, dt_max=dt_max)
+    return tuple(x.new_empty(shape, dtype=dtype) for shape, dtype in specs)

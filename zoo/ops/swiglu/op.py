@@ -7,6 +7,7 @@ import torch
 from zoo.ops.kernels import dispatch
 from zoo.ops.swiglu.cpu import swiglu_cpu
 from zoo.ops.swiglu.reference import swiglu_ref
+from zoo.ops.swiglu.shapes import output_specs
 
 
 def _triton():
@@ -31,4 +32,5 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 @swiglu.register_fake
 def _(gate, up):
     check_inputs(gate, up)
-    return gate.new_empty(gate.shape, dtype=torch.promote_types(gate.dtype, up.dtype))
+    ((shape, dtype),) = output_specs([gate.shape, up.shape], [gate.dtype, up.dtype])
+    return gate.new_empty(shape, dtype=dtype)

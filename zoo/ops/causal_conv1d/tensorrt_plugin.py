@@ -1,0 +1,30 @@
+"""The TensorRT plugins of zoo::causal_conv1d (JIT: two kernel launches, the conv and the window) and
+zoo::causal_conv1d_update (the AOT Triton kernel, one program per (row, block of channels), its channel
+block the tactic); zoo.ops.tensorrt_plugin. A plugin has no optional input: a conv without bias passes a
+zero bias, which adds exactly 0."""
+
+from zoo.ops.causal_conv1d.shapes import output_specs, update_output_specs
+from zoo.ops.tensorrt_plugin import AotKernel, Launch, OpPlugin, cdiv, static
+
+
+def _kernel():
+    from zoo.ops.causal_conv1d.triton_kernel import causal_conv1d_update_kernel
+
+    return causal_conv1d_update_kernel
+
+
+def _launch(inputs, attrs, config):
+    b, dim, K = inputs[0].shape
+    K = static(K, "causal_conv1d_update's kernel width")
+    constexprs = {"K": K, "HAS_BIAS": True, "BLOCK_K": 1 << (K - 1).bit_length()}
+    return Launch(grid=(b, cdiv(dim, config["BLOCK_D"])), scalars={"DIM": dim}, constexprs=constexprs)
+
+
+def _configs(inputs, attrs):
+    return [{"BLOCK_D": 64, "num_warps": 4}, {"BLOCK_D": 128, "num_warps": 4}, {"BLOCK_D": 32, "num_warps": 2}]
+
+
+PLUGINS = [
+    OpPlugin("causal_conv1d", output_specs, jit_reason="two kernel launches: the conv, then the window"),
+    OpPlugin("causal_conv1d_update", update_output_specs, AotKernel(_kernel, _launch, _configs)),
+]

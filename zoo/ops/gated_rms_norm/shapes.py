@@ -1,0 +1,10 @@
+"""Output shapes and dtypes of zoo::gated_rms_norm from its input shapes and dtypes (plain arithmetic on
+sizes, so ints, torch SymInts and TensorRT size expressions all work): the fake kernel and the TensorRT
+plugin both use it."""
+
+import torch
+
+
+def output_specs(shapes, dtypes, group_size, eps):
+    """(x, z, weight) -> [(x's shape, promoted dtype of x and weight)]."""
+    return [(tuple(shapes[0]), torch.promote_types(dtypes[0], dtypes[2]))]
