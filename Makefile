@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench gpu-check clean
 
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 $(BIN)/python:
@@ -38,6 +38,15 @@ test: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m benchmarks.decode_vs_hf
+
+# On a machine with an NVIDIA GPU: TensorRT, torch-tensorrt and onnxruntime-gpu, then export, run and time every
+# family's tiny and small model on TensorRT, ONNX Runtime (CUDA) and torch (benchmarks/gpu_check.py). onnxruntime
+# (CPU) and onnxruntime-gpu install the same package directory, so the CPU one goes first.
+GPU_CHECK_OUT ?= bench-out/gpu-check
+gpu-check: $(VENV)/.dev-installed
+	$(BIN)/pip uninstall -q -y onnxruntime
+	$(BIN)/pip install -q -e '.[tensorrt,gpu]'
+	$(BIN)/python -m benchmarks.gpu_check --out $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf $(VENV)
