@@ -62,10 +62,12 @@ def export_onnx(
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    manifest_extra: dict | None = None,
 ) -> Path:
     """Export `model`'s prefill and decode step to an artifact directory `out_dir` (written atomically;
     a non-empty directory that is not an artifact is refused, an artifact is replaced only with
-    `overwrite`). Weights above `external_data_threshold` bytes go to external data files."""
+    `overwrite`). Weights above `external_data_threshold` bytes go to external data files. `manifest_extra`:
+    more top-level manifest fields (export.quantize adds "quantization")."""
     from zoo.checkpoint import check_output_directory
 
     check_output_directory(out_dir, overwrite, holds_ours=is_artifact, kind="zoo artifact")  # before slow work
@@ -96,6 +98,7 @@ def export_onnx(
             },
             "standard_onnx_ops": {"chosen": [], "considered": STANDARD_OP_CHOICES},
             "tools": tool_versions(),
+            **(manifest_extra or {}),
         }
 
     return write_artifact(out_dir, write, overwrite)
