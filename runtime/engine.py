@@ -21,6 +21,7 @@ from runtime.runners import (
     ARTIFACT_BACKENDS,
     BACKENDS,
     WEIGHT_LAYOUTS,
+    artifact_runner,
     check_backend,
     decode_step_of,
     prefill_of,
@@ -109,29 +110,31 @@ class Engine:
         dtype: torch.dtype | None = None,
         seed: int = 0,
     ) -> "Engine":
-        """An artifact directory (it holds manifest.json; "auto" -> "onnxruntime"), or a checkpoint directory
-        or registered model name (seeded random weights; "auto" -> "torch")."""
+        """An artifact directory (it holds manifest.json; "auto" -> "onnxruntime"; "tensorrt" runs the
+        engines of a `zoo export --format tensorrt` artifact), or a checkpoint directory or registered model
+        name (seeded random weights; "auto" -> "torch")."""
         if backend not in LOAD_BACKENDS:
-            check_backend(backend)  # unknown, or a runtime that is missing or not built
+            check_backend(backend, allow_artifacts=True)  # unknown, or a runtime that is not installed
         if is_artifact_dir(name_or_path):
-            if backend not in ("auto", "onnxruntime"):
+            if backend not in ("auto", *ARTIFACT_BACKENDS):
                 raise ZooError(
                     f"{name_or_path} is an exported artifact (ONNX graphs, no torch weights): it runs on the "
-                    f"onnxruntime backend; for {backend}, load the model name or checkpoint it was exported from"
+                    f"{' or '.join(ARTIFACT_BACKENDS)} backend; for {backend}, load the model name or checkpoint it "
+                    "was exported from"
                 )
-            return cls.load_artifact(name_or_path, dtype)
+            return cls.load_artifact(name_or_path, dtype, "onnxruntime" if backend == "auto" else backend)
         backend = "torch" if backend == "auto" else backend
-        check_backend(backend)  # before loading: onnxruntime needs an artifact
+        check_backend(backend)  # before loading: onnxruntime and tensorrt need an artifact
         from zoo.registry import load_model
 
         return cls(load_model(str(name_or_path), dtype=dtype, seed=seed), backend)
 
     @classmethod
-    def load_artifact(cls, path: str | os.PathLike, dtype: torch.dtype | None = None) -> "Engine":
-        """An exported artifact on ONNX Runtime (checked by export.artifact.verify first)."""
-        from runtime.onnxruntime_runner import OnnxRuntimeRunner
-
-        runner = OnnxRuntimeRunner(path)
+    def load_artifact(
+        cls, path: str | os.PathLike, dtype: torch.dtype | None = None, backend: str = "onnxruntime"
+    ) -> "Engine":
+        """An exported artifact on ONNX Runtime or TensorRT (checked by export.artifact.verify first)."""
+        runner = artifact_runner(path, backend)
         if dtype is not None and dtype != runner.dtype:
             raise ZooError(
                 f"{path} holds {runner.manifest['dtype']} graphs; export it again with --dtype "

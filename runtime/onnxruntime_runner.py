@@ -28,7 +28,7 @@ import torch
 
 from runtime import state as runtime_state
 from zoo.errors import ZooError
-from zoo.nn.state import StateEntry, allocate_state
+from zoo.nn.state import allocate_state
 
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 PHASES = {"prefill": ("input_ids", "lengths"), "decode": ("tokens", "positions")}
@@ -56,29 +56,14 @@ class OnnxRuntimeRunner:
 
         ort = require("onnxruntime", "onnx")
         from export.artifact import ArtifactError, verify
-        from zoo.registry import FAMILIES
 
         self.path = Path(path)
         self.manifest = verify(self.path)
-        family = FAMILIES.get(self.manifest["family"])
-        if family is None:
-            raise ArtifactError(
-                f"{self.path}: unknown family {self.manifest['family']!r}; known: {', '.join(FAMILIES)}"
-            )
-        try:
-            self.config = family.config_cls.from_dict(self.manifest["config"])
-        except (TypeError, ValueError) as exc:
-            raise ArtifactError(f"{self.path}: bad {family.name} config in the manifest: {exc}") from exc
-        self.dtype = getattr(torch, self.manifest["dtype"])
+        self.config, self.dtype, self.spec = runtime_state.artifact_config(self.path, self.manifest)
         for phase, first in PHASES.items():
             names = [record["name"] for record in self.manifest["graphs"].get(phase, {}).get("inputs", [])]
             if names[:2] != list(first):
                 raise ArtifactError(f"{self.path}: the manifest's {phase} graph does not take {', '.join(first)}")
-        self.spec = [
-            StateEntry(r["state"]["name"], r["state"]["layer"], tuple(r["state"]["shape"]), r["state"]["dtype"])
-            for r in self.manifest["graphs"]["decode"]["inputs"]
-            if r["state"] is not None
-        ]
         self.compressed_cache = runtime_state.is_compressed(self.spec)
         self.provider = provider or pick_provider(ort)
         self.device = (

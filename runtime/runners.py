@@ -10,8 +10,9 @@ Every runner provides
   `state_summary(state, positions)`, `config`, `device`, and
   `static_shapes` (the decode step is specialised per cache length, so the engine buckets cache lengths).
 
-TorchRunner runs the nn.Module eagerly, CompiledRunner under torch.compile with the zoo backend, and
-runtime.onnxruntime_runner.OnnxRuntimeRunner an exported artifact without a live nn.Module.
+TorchRunner runs the nn.Module eagerly, CompiledRunner under torch.compile with the zoo backend;
+runtime.onnxruntime_runner.OnnxRuntimeRunner and runtime.tensorrt_runner.TensorRTRunner run an exported
+artifact without a live nn.Module (`artifact_runner`).
 """
 
 import torch
@@ -41,14 +42,31 @@ def check_backend(name: str, allow_artifacts: bool = False) -> None:
 
     module, extra = ARTIFACT_BACKENDS[name]
     require(module, extra)  # MissingDependencyError naming the extra when the runtime is not installed
-    if name == "tensorrt":
-        raise ZooError("the tensorrt backend is not implemented yet; available backends: " + ", ".join(BACKENDS))
     if allow_artifacts:
         return
+    if name == "tensorrt":
+        raise ZooError(
+            "the tensorrt backend runs exported artifacts: export the model with `zoo export MODEL --format "
+            "tensorrt -o DIR` and load DIR (runtime.runners.artifact_runner(DIR, 'tensorrt'))"
+        )
     raise ZooError(
         f"the {name} backend runs exported artifacts: export the model with `zoo export MODEL -o DIR` and "
         f"load DIR (`zoo run DIR`, Engine.load(DIR))"
     )
+
+
+def artifact_runner(path, backend: str = "onnxruntime"):
+    """The runner of an exported artifact directory: runtime.onnxruntime_runner.OnnxRuntimeRunner, or
+    runtime.tensorrt_runner.TensorRTRunner for a `zoo export --format tensorrt` artifact's engines."""
+    if backend not in ARTIFACT_BACKENDS:
+        raise ZooError(f"an artifact runs on {' or '.join(ARTIFACT_BACKENDS)}, not {backend!r}")
+    if backend == "tensorrt":
+        from runtime.tensorrt_runner import TensorRTRunner
+
+        return TensorRTRunner(path)
+    from runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(path)
 
 
 def set_weight_layout(model: torch.nn.Module, layout: str) -> None:

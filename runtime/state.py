@@ -76,3 +76,24 @@ def resized(state: dict[str, torch.Tensor], spec: list[StateEntry], capacity: in
 
 def state_bytes(state: dict[str, torch.Tensor]) -> int:
     return sum(t.nbytes for t in state.values())
+
+
+def artifact_config(path, manifest: dict):
+    """(config, dtype, state spec) of an exported artifact's manifest (the runners of artifacts read them
+    from it: they have no nn.Module)."""
+    from export.artifact import ArtifactError
+    from zoo.registry import FAMILIES
+
+    family = FAMILIES.get(manifest["family"])
+    if family is None:
+        raise ArtifactError(f"{path}: unknown family {manifest['family']!r}; known: {', '.join(FAMILIES)}")
+    try:
+        config = family.config_cls.from_dict(manifest["config"])
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: bad {family.name} config in the manifest: {exc}") from exc
+    spec = [
+        StateEntry(r["state"]["name"], r["state"]["layer"], tuple(r["state"]["shape"]), r["state"]["dtype"])
+        for r in manifest["graphs"]["decode"]["inputs"]
+        if r["state"] is not None
+    ]
+    return config, getattr(torch, manifest["dtype"]), spec

@@ -274,10 +274,18 @@ def generate_command(
 
 @main.command("run")
 @click.argument("artifact")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "tensorrt"]),
+    default="onnxruntime",
+    show_default=True,
+    help="ONNX Runtime, or the TensorRT engines of a `zoo export --format tensorrt` artifact (needs TensorRT and "
+    "a GPU).",
+)
 @request_options(seed_help="Sampling seed.")
-def run_command(artifact, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id, as_json):
-    """Generate from ARTIFACT, a directory written by `zoo export`, on ONNX Runtime (checked first: manifest
-    version, zoo ops, every file's sha256). Output as `zoo generate`."""
+def run_command(artifact, backend, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id, as_json):
+    """Generate from ARTIFACT, a directory written by `zoo export`, on ONNX Runtime or TensorRT (checked first:
+    manifest version, zoo ops, every file's sha256). Output as `zoo generate`."""
     from runtime import Engine
     from runtime.sampling import validate_sampling
 
@@ -285,8 +293,9 @@ def run_command(artifact, prompt_ids, max_new_tokens, temperature, top_k, top_p,
         raise click.UsageError("give --prompt-ids")
     validate_sampling(temperature, top_k, top_p)
     prompts = parse_prompt_ids(prompt_ids)
-    with status_line(f"loading {artifact} into ONNX Runtime", quiet=as_json):
-        engine = Engine.load_artifact(artifact)
+    runtime_name = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}[backend]
+    with status_line(f"loading {artifact} into {runtime_name}", quiet=as_json):
+        engine = Engine.load_artifact(artifact, backend=backend)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, eos_token_id=list(eos_id) or None)
     generate_and_print(engine, artifact, prompts, max_new_tokens, sampling, as_json)
 
@@ -435,6 +444,19 @@ def kernels_command(as_json):
 @click.option(
     "--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None, help="Default: the model's."
 )
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="--format tensorrt: the largest batch the engines' profiles take (default 8).",
+)
+@click.option(
+    "--max-seq",
+    type=click.IntRange(min=1),
+    default=None,
+    help="--format tensorrt: the longest prompt and cache the engines' profiles take (default: the model's "
+    "context, at most 4096).",
+)
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="The artifact directory to write.")
 @click.option(
     "--overwrite",
@@ -443,22 +465,82 @@ def kernels_command(as_json):
     "not an artifact is always refused.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random weights of a model name.")
-def export_command(model, format_, fused, dtype, out, overwrite, seed):
+@click.option(
+    "--quant",
+    type=click.Choice(["int8", "fp8", "int4-awq"]),
+    default=None,
+    help="Quantize the linear layers with nvidia-modelopt first (calibrated on a text the project ships); the "
+    "graphs hold QuantizeLinear/DequantizeLinear nodes. Needs a float32 model.",
+)
+def export_command(model, format_, fused, dtype, max_batch, max_seq, quant, out, overwrite, seed):
     """Export MODEL (a registered name or checkpoint directory) as an artifact directory: its prefill and
-    decode step as ONNX graphs (dynamic batch, prompt and cache lengths) and a manifest with sha256 hashes."""
+    decode step as ONNX graphs (dynamic batch, prompt and cache lengths) and a manifest with sha256 hashes.
+
+    --format tensorrt adds TensorRT-ready copies of the graphs (zoo nodes as TensorRT plugin nodes), the
+    plugins' kernels, and, where TensorRT and a CUDA GPU are present, strongly typed engines with one
+    optimisation profile each (batch 1 to --max-batch, prompt and cache 1 to --max-seq); elsewhere it says
+    so and prints the command that builds them on a GPU machine."""
     from zoo.checkpoint import check_output_directory
 
-    if format_ == "tensorrt":
-        raise ZooError("--format tensorrt is not implemented yet; export --format onnx")
+    if format_ != "tensorrt" and (max_batch is not None or max_seq is not None):
+        raise click.UsageError("--max-batch and --max-seq apply to --format tensorrt only")
     from export.artifact import is_artifact
-    from export.onnx import export_onnx
     from zoo.registry import load_model
 
     check_output_directory(out, overwrite, holds_ours=is_artifact, kind="zoo artifact")  # before any work
     loaded = load_model(model, dtype=torch_dtype(dtype), seed=seed)
-    with status_line(f"exporting {model} to ONNX ({'fused' if fused else 'unfused'})", quiet=False):
-        path = export_onnx(loaded, out, fused=fused, overwrite=overwrite)
-    click.echo(f"wrote {path}: {loaded.config.family} prefill.onnx and decode.onnx ({'fused' if fused else 'unfused'})")
+    kind = "fused" if fused else "unfused"
+    manifest_extra = None
+    if quant is not None:
+        from export.quantize import export_form, quantize
+
+        with status_line(f"quantizing {model} to {quant} (modelopt, calibrating)", quiet=False):
+            quantized = quantize(loaded, quant)
+        manifest_extra = {"quantization": quantized.quantization.to_dict()}
+        loaded, kind = export_form(quantized), f"{kind}, {quant}"
+    if format_ == "onnx":
+        from export.onnx import export_onnx
+
+        with status_line(f"exporting {model} to ONNX ({kind})", quiet=False):
+            path = export_onnx(loaded, out, fused=fused, overwrite=overwrite, manifest_extra=manifest_extra)
+        click.echo(f"wrote {path}: {loaded.config.family} prefill.onnx and decode.onnx ({kind})")
+        return
+    from export.tensorrt import DEFAULT_MAX_BATCH, export_tensorrt
+
+    context = loaded.config.max_seq_len
+    if max_seq is not None and max_seq > context:
+        raise click.BadParameter(f"{max_seq} exceeds the model's context of {context}", param_hint="--max-seq")
+    with status_line(f"exporting {model} for TensorRT ({kind})", quiet=False):
+        path, section, missing = export_tensorrt(
+            loaded,
+            out,
+            max_batch or DEFAULT_MAX_BATCH,
+            max_seq,
+            fused=fused,
+            overwrite=overwrite,
+            manifest_extra=manifest_extra,
+        )
+    axes = ", ".join(f"{axis} {'/'.join(map(str, sizes))}" for axis, sizes in section["axes"].items())
+    click.echo(f"wrote {path}: {loaded.config.family} prefill and decode for TensorRT ({kind}; min/opt/max {axes})")
+    if section["aot_payloads_note"]:
+        click.echo(f"note: no plugin kernels written: {section['aot_payloads_note']}", err=True)
+    if section["ops_without_plugins"]:
+        names = ", ".join(section["ops_without_plugins"])
+        click.echo(f"note: zoo ops without a TensorRT plugin (no engine builds until they have one): {names}", err=True)
+    if missing is None:
+        click.echo(f"built {', '.join(section['engines']['files'].values())}")
+        return
+    click.echo(f"note: no engines built: {missing}", err=True)
+    click.echo(f"build the engines on a machine with TensorRT and a CUDA GPU: {section['build_command']}")
+    plugins = any(graph["plugin_nodes"] for graph in section["graphs"].values())
+    if plugins:
+        click.echo("(trtexec cannot build them: it loads plugins from shared libraries, the zoo's are Python)")
+    for phase in section["graphs"]:
+        command = section["trtexec_commands"].get(phase)
+        if command is None:
+            click.echo(f"(the {phase} engine calls JIT plugins, which run in Python: trtexec cannot run it)")
+        else:
+            click.echo(f"{'time' if plugins else 'or build'} the {phase} engine with trtexec: {command}")
 
 
 def int_list(ctx, param, value: str) -> tuple[int, ...]:

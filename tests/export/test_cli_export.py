@@ -36,7 +36,9 @@ def test_export_writes_a_verified_artifact_and_overwrite_rules(workdir):  # noqa
 
 def test_bad_format_model_and_output(workdir):  # noqa: F811
     before = snapshot(workdir)
-    assert_error(cli("export", "llama-tiny", "--format", "tensorrt", "-o", "out"), "tensorrt", "not implemented yet")
+    assert_error(cli("export", "llama-tiny", "--max-batch", "4", "-o", "out"), "--format tensorrt only", exit_code=2)
+    assert_error(cli("export", "llama-tiny", "--quant", "int2", "-o", "out"), "int2", exit_code=2)
+    assert_error(cli("export", "llama-tiny", "--quant", "int8", "--dtype", "float16", "-o", "out"), "float32")
     assert_error(cli("export", "llama-tiny", "--format", "tflite", "-o", "out"), "tflite", exit_code=2)
     assert_error(cli("export", "no-such-model", "-o", "out"), "no-such-model")
     assert_error(cli("export", "llama-tiny", "-o", "notes.txt"), "is a file", exit_code=2)
@@ -117,3 +119,17 @@ def test_an_export_failure_is_one_line_naming_its_cause(workdir, monkeypatch):  
     before = snapshot(workdir)
     assert_error(cli("export", "gpt-tiny", "-o", "art"), "prefill step failed", "aten.frobnicate")
     assert snapshot(workdir) == before
+
+
+def test_quantized_export_records_the_format_and_runs(workdir):  # noqa: F811
+    result = cli("export", "gpt-tiny", "--quant", "int8", "-o", "art", "--seed", "2")
+    assert result.exit_code == 0 and "(fused, int8)" in result.output, result.output
+    manifest = verify(workdir / "art")
+    assert manifest["quantization"]["format"] == "int8" and manifest["quantization"]["quantized_layers"]
+    import onnx
+
+    decode = onnx.load(workdir / "art" / "decode.onnx", load_external_data=False)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in decode.graph.node}
+    run = cli("run", "art", "--prompt-ids", "3,1,4", "--prompt-ids", "1", "--max-new-tokens", "3", "--json")
+    assert run.exit_code == 0, run.output
+    assert [len(tokens) for tokens in json.loads(run.output)["tokens"]] == [3, 3]

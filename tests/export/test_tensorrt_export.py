@@ -1,0 +1,251 @@
+"""`zoo export --format tensorrt` (export/tensorrt.py) on CPU: the TensorRT-ready graphs of every family pass
+onnx.checker, hold only operators TensorRT's ONNX parser imports, and carry each zoo node as a plugin node
+with no local function left for it; the CLI writes the artifact, says in one line that no engines were
+built, and prints the build command and trtexec commands whose shapes are the profiles' over the graphs'
+real input names; the plugins' AOT kernels are written; bad --max-batch / --max-seq values are usage
+errors. The engine build itself needs TensorRT and a GPU (marked). Each family is exported once per
+module (tens of seconds each, the plugins' sm_90 compilation included): three of them are marked slow."""
+
+import json
+import re
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import zoo
+from export.artifact import verify
+from export.onnx_ops import DOMAIN
+from export.tensorrt import (
+    BUILD_SCRIPT,
+    TensorRTExportError,
+    check_plugin_op_type,
+    check_tensorrt_onnx,
+    export_tensorrt,
+    input_profile,
+    profile_axes,
+    supported_onnx_ops,
+    trtexec_shapes,
+    unsupported_ops,
+)
+from tests.test_bad_inputs import assert_error, cli, snapshot, workdir  # noqa: F401 (a fixture)
+from zoo.cli import main
+from zoo.errors import ZooError
+
+MAX_BATCH, MAX_SEQ = 4, 48
+FAMILIES = [
+    pytest.param("llama-tiny", id="llama"),
+    pytest.param("dmc-tiny", id="dmc"),
+    pytest.param("mamba2-tiny", id="mamba2", marks=pytest.mark.slow),
+    pytest.param("moe-tiny", id="moe", marks=pytest.mark.slow),
+    pytest.param("gpt-tiny", id="gpt"),
+    pytest.param("mamba2-hybrid-tiny", id="mamba2-hybrid", marks=pytest.mark.slow),
+]
+
+
+@pytest.fixture(scope="module")
+def cli_export(tmp_path_factory):
+    """`zoo export llama-tiny --format tensorrt` run once: (result, artifact directory)."""
+    path = tmp_path_factory.mktemp("cli") / "art"
+    args = ["export", "llama-tiny", "--format", "tensorrt", "--max-batch", MAX_BATCH, "--max-seq", MAX_SEQ]
+    result = CliRunner().invoke(main, [str(a) for a in [*args, "-o", path]])
+    return result, path
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, cli_export):
+    """Factory: the TensorRT artifact directory of a tiny model (llama-tiny's is the CLI's)."""
+    made = {"llama-tiny": cli_export[1]}
+
+    def get(name: str):
+        if name not in made:
+            path = tmp_path_factory.mktemp(name) / "art"
+            made[name] = export_tensorrt(zoo.build(name).eval(), path, MAX_BATCH, MAX_SEQ)[0]
+        return made[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_tensorrt_graphs_are_plugin_nodes_and_supported_ops(artifacts, name):
+    path = artifacts(name)
+    manifest = verify(path)
+    section = manifest["tensorrt"]
+    assert manifest["export_format"] == "tensorrt"
+    for phase in ("prefill", "decode"):
+        file = path / section["graphs"][phase]["file"]
+        onnx.checker.check_model(str(file), full_check=True)
+        proto = onnx.load(file)
+        assert unsupported_ops(proto) == []
+        zoo_nodes = [node for node in proto.graph.node if node.domain == DOMAIN]
+        assert len(zoo_nodes) == sum(manifest["graphs"][phase]["zoo_nodes"].values())
+        assert len(zoo_nodes) > 0 or name == "gpt-tiny"  # gpt's LayerNorm and GELU stay standard ops
+        assert len(zoo_nodes) == section["graphs"][phase]["plugin_nodes"]
+        for node in zoo_nodes:
+            attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert attributes["plugin_namespace"] == b"zoo" and attributes["plugin_version"] == b"1"
+            plugin = section["plugins"][manifest_op(manifest, node.op_type)]
+            assert plugin["id"] == f"zoo::{node.op_type}" and not node.overload
+            assert attributes["aot"] == int(plugin["implementation"] != "jit")  # JIT-only plugins: aot 0
+        if name == "dmc-tiny" and phase == "prefill":  # dmc_prefill_cache's capacity: an attribute, one cache
+            assert section["static_cache"] == {"prefill": MAX_SEQ}
+            assert section["profiles"]["prefill"]["state.k.0"]["min"][2] == MAX_SEQ
+        assert [f for f in proto.functions if f.domain == DOMAIN] == []
+        onnx_runtime_graph = onnx.load(path / manifest["graphs"][phase]["file"])  # ONNX Runtime's keeps them
+        assert {f.name for f in onnx_runtime_graph.functions} == {n.op_type for n in zoo_nodes}
+
+
+def manifest_op(manifest: dict, op_type: str) -> str:
+    (name,) = [name for name, entry in manifest["zoo_ops"].items() if entry["op_type"] == op_type]
+    return name
+
+
+def shapes_of(command: str, flag: str) -> dict[str, list[int]]:
+    """{input: shape} of a trtexec shape flag ("--optShapes=a:1x2,b:3")."""
+    value = re.search(rf"{flag}=(\S+)", command).group(1)
+    return {
+        name: [int(d) for d in dims.split("x")] for name, dims in (item.rsplit(":", 1) for item in value.split(","))
+    }
+
+
+def test_cli_writes_the_artifact_says_why_no_engines_and_prints_the_build_command(cli_export):
+    result, path = cli_export
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if "no engines built" in line]
+    assert notes == ["note: no engines built: TensorRT is not installed (pip install 'graph-zoo[tensorrt]' on a "
+                     "machine with a CUDA GPU)"]  # fmt: skip
+    manifest = verify(path)
+    section = manifest["tensorrt"]
+    assert section["engines"] is None and (path / BUILD_SCRIPT).is_file()
+    assert section["build_command"] == f"python {path / BUILD_SCRIPT}"
+    assert section["build_command"] in result.stdout
+    assert section["axes"] == {"batch": [1, 2, 4], "prompt": [1, 24, 48], "cache": [1, 24, 48]}
+    assert section["onnx_parser_ops"]["tensorrt_version"] == supported_onnx_ops()["tensorrt_version"]
+    assert "trtexec cannot build them" in result.stdout
+    for phase in ("prefill", "decode"):
+        command = section["trtexec_commands"][phase]
+        assert command in result.stdout
+        assert f"--loadEngine={path / section['graphs'][phase]['engine']}" in command
+        names = [record["name"] for record in manifest["graphs"][phase]["inputs"]]
+        profile = section["profiles"][phase]
+        assert list(profile) == names  # every graph input, by its real name, in order
+        assert shapes_of(command, "--shapes") == {name: shapes["opt"] for name, shapes in profile.items()}
+        for record in manifest["graphs"][phase]["inputs"]:
+            for level, index in (("min", 0), ("opt", 1), ("max", 2)):
+                want = [section["axes"][d][index] if isinstance(d, str) else d for d in record["shape"]]
+                assert profile[record["name"]][level] == want
+
+
+def test_the_build_script_needs_tensorrt(cli_export, monkeypatch):
+    import sys
+
+    from export.tensorrt import build_artifact_engines
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a machine without TensorRT
+    with pytest.raises(ZooError, match=r"cannot build the engines of .*: TensorRT is not installed"):
+        build_artifact_engines(cli_export[1])
+
+
+def test_a_graph_without_plugin_nodes_gets_trtexec_build_commands(artifacts):
+    path = artifacts("gpt-tiny")  # its fused graphs hold no zoo nodes
+    manifest = verify(path)
+    section = manifest["tensorrt"]
+    assert section["plugins"] == {} and section["aot_payloads"] == []
+    for phase in ("prefill", "decode"):
+        command, profile = section["trtexec_commands"][phase], section["profiles"][phase]
+        assert section["graphs"][phase]["plugin_nodes"] == 0
+        engine = path / section["graphs"][phase]["engine"]
+        assert command.startswith(f"trtexec --onnx={path / section['graphs'][phase]['file']} --saveEngine={engine} ")
+        assert "--stronglyTyped" in command and f"--timingCacheFile={path / 'tensorrt/timing.cache'}" in command
+        assert list(profile) == [record["name"] for record in manifest["graphs"][phase]["inputs"]]
+        for flag, level in (("--minShapes", "min"), ("--optShapes", "opt"), ("--maxShapes", "max")):
+            assert shapes_of(command, flag) == {name: shapes[level] for name, shapes in profile.items()}
+
+
+def test_max_batch_and_max_seq_are_checked(workdir):  # noqa: F811
+    before = snapshot(workdir)
+    export = ["export", "llama-tiny", "--format", "tensorrt", "-o", "out"]
+    assert_error(cli(*export, "--max-batch", 0), "--max-batch", exit_code=2)
+    assert_error(cli(*export, "--max-batch", -3), "--max-batch", exit_code=2)
+    assert_error(cli(*export, "--max-seq", 0), "--max-seq", exit_code=2)
+    assert_error(cli(*export, "--max-seq", "many"), "--max-seq", exit_code=2)
+    assert_error(cli(*export, "--max-seq", 100000), "--max-seq", "exceeds the model's context", exit_code=2)
+    assert_error(cli("export", "llama-tiny", "--max-batch", 2, "-o", "out"), "--format tensorrt", exit_code=2)
+    assert snapshot(workdir) == before
+
+
+def test_export_help_names_the_tensorrt_options():
+    result = cli("export", "--help")
+    assert result.exit_code == 0 and "--max-batch" in result.output and "--max-seq" in result.output
+
+
+def test_profiles_span_one_to_the_maximum_with_opt_in_the_middle():
+    assert profile_axes(8, 128) == {"batch": [1, 4, 8], "prompt": [1, 64, 128], "cache": [1, 64, 128]}
+    assert profile_axes(1, 1) == {"batch": [1, 1, 1], "prompt": [1, 1, 1], "cache": [1, 1, 1]}
+    with pytest.raises(ZooError, match="must be >= 1"):
+        profile_axes(0, 16)
+    axes = profile_axes(3, 5)
+    records = [{"name": "tokens", "shape": ["batch"]}, {"name": "state.k.0", "shape": ["batch", 2, "cache", 4]}]
+    profile = input_profile(records, axes)
+    assert profile["state.k.0"] == {"min": [1, 2, 1, 4], "opt": [2, 2, 3, 4], "max": [3, 2, 5, 4]}
+    assert trtexec_shapes(profile, "max") == "tokens:3,state.k.0:3x2x5x4"
+    with pytest.raises(TensorRTExportError, match="axes \\['slots'\\] with no profile"):
+        input_profile([{"name": "x", "shape": ["slots"]}], axes)
+
+
+def test_ops_the_parser_lacks_are_named_in_one_error():
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.INT64, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, [4])
+    nodes = [
+        helper.make_node("BitShift", ["x", "x"], ["a"], direction="LEFT"),
+        helper.make_node("Unique", ["a"], ["b"]),
+        helper.make_node("FusedThing", ["b"], ["c"], domain="com.example"),
+        helper.make_node("Identity", ["c"], ["y"]),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 20)])
+    assert unsupported_ops(model) == ["::BitShift", "::Unique", "com.example::FusedThing"]
+    with pytest.raises(TensorRTExportError, match="decode graph holds ops .* ::BitShift, ::Unique, com.example"):
+        check_tensorrt_onnx(model, "decode")
+
+
+def test_the_supported_list_is_recorded_with_its_source():
+    ops = supported_onnx_ops()
+    assert ops["source"].startswith("https://github.com/onnx/onnx-tensorrt/") and ops["tensorrt_version"]
+    assert {"MatMul", "ScatterND", "Softmax", "Gather", "CumSum"} <= set(ops["supported"])
+    assert "Unique" in ops["unsupported"] and "Unique" not in ops["supported"]
+
+
+def test_a_zoo_op_type_the_parser_imports_is_refused():
+    from export.onnx_ops import OnnxExportError
+
+    with pytest.raises(OnnxExportError, match="Gelu collides"):
+        check_plugin_op_type("gelu")
+    assert check_plugin_op_type("ssd_chunk_scan") == "SsdChunkScan"
+
+
+def test_aot_payloads_are_written_for_every_aot_plugin(cli_export):
+    """The plugins' AOT payloads (zoo.ops.tensorrt_plugin.aot_payload): a PTX file for sm_90 and a kernel
+    name per distinct zoo node."""
+    path = cli_export[1]
+    section = verify(path)["tensorrt"]
+    payloads = section["aot_payloads"]
+    aot = {entry["id"] for entry in section["plugins"].values() if entry["implementation"] == "aot"}
+    assert aot and {p["plugin"] for p in payloads} == aot
+    listed = json.loads((path / "tensorrt/plugins/plugins.json").read_text())
+    assert [p["ptx_file"] for p in listed] == [p["ptx_file"] for p in payloads]
+    for payload in payloads:
+        assert ".target sm_90" in (path / payload["ptx_file"]).read_text()
+        assert payload["kernel_name"]
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_engines_are_built_and_recorded_where_tensorrt_runs(tmp_path):
+    path, section, missing = export_tensorrt(zoo.build("llama-tiny").eval(), tmp_path / "art", 2, 16)
+    assert missing is None
+    manifest = verify(path)  # the engines' sha256 among the files
+    for phase in ("prefill", "decode"):
+        assert section["engines"]["files"][phase] in manifest["files"]
+    assert section["engines"]["timing_cache"] in manifest["files"]
