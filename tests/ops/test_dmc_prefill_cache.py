@@ -66,3 +66,20 @@ def test_slots_are_the_kept_positions_in_order():
     assert (k[0, 0, 4:] == 0).all()
     omega = inputs[1][0, 0]
     torch.testing.assert_close(ring_z[0, 0], torch.stack([omega[6], omega[7], torch.tensor(0.0)]))  # 6 % 3 = 0
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:3], ids=str)
+def test_kernel_writes_every_output_element(shape):
+    """Outputs holding garbage before the launch (as a TensorRT plugin's do) come out as the reference's:
+    the kernel zeroes the slots no kept position reached."""
+    from zoo.ops.dmc_prefill_cache.triton_kernel import launch_into
+
+    *dims, capacity = shape
+    inputs = prefill_inputs(*dims, torch.float32)
+    expected = dmc_prefill_cache_ref(*inputs, capacity, dims[-1])
+    garbage = tuple(
+        torch.full_like(e, 7) if e.dtype == torch.int64 else torch.full_like(e, float("nan")) for e in expected
+    )
+    launch_into(garbage, *inputs, dims[-1])
+    for name, a, e in zip(OUTPUTS, garbage, expected):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-4, msg=name)

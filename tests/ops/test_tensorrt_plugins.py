@@ -24,9 +24,9 @@ from zoo.ops.triton_aot import ptxas_resources
 
 BATCH, LENGTH = 3, 7  # no static size of the cases below equals either, so they name the symbolic axes
 SYMBOLS = {BATCH: "B", LENGTH: "L"}
-AOT_OPS = ["rms_norm", "add_rms_norm", "gated_rms_norm", "swiglu", "rope", "causal_conv1d_update",
-           "ssd_state_update", "ssd_chunk_scan", "dmc_decode_attention"]  # fmt: skip
-JIT_OPS = ["causal_conv1d", "dmc_prefill_cache", "moe_experts", "moe_layer", "mamba2_decode_step"]
+AOT_OPS = ["rms_norm", "add_rms_norm", "gated_rms_norm", "swiglu", "rope", "causal_conv1d", "causal_conv1d_update",
+           "ssd_state_update", "ssd_chunk_scan", "dmc_decode_attention", "dmc_prefill_cache"]  # fmt: skip
+JIT_OPS = ["moe_experts", "moe_layer", "mamba2_decode_step"]
 
 
 def rand(*shape, dtype=torch.float32):
@@ -47,7 +47,7 @@ def case(op: str, b: int, L: int, dtype: torch.dtype = torch.float32) -> tuple:
     if op == "rope":
         return rand(b, 2, L, 8, dtype=dtype), rand(b, 1, L, 8, dtype=dtype), rand(b, 1, L, 8, dtype=dtype)
     if op == "causal_conv1d":
-        bias = rand(6, dtype=dtype) if b == 1 else None  # present and absent across SHAPE_CASES
+        bias = rand(6, dtype=dtype) if L != 5 else None  # absent in one SHAPE_CASE, present at LENGTH
         return rand(b, L, 6, dtype=dtype), rand(6, 4, dtype=dtype), bias, torch.full((b,), L, dtype=i64)
     if op == "causal_conv1d_update":
         return rand(b, 6, 4, dtype=dtype), rand(b, 6, dtype=dtype), rand(6, 4, dtype=dtype), rand(6, dtype=dtype)
@@ -80,7 +80,7 @@ def case(op: str, b: int, L: int, dtype: torch.dtype = torch.float32) -> tuple:
         return x, router, rand(4, 12, 8, dtype=dtype), rand(4, 8, 6, dtype=dtype), 2, "topk-softmax", "silu", True
     if op == "mamba2_decode_step":  # 4 heads of 8, 2 groups of state 6: conv_dim 32 + 24
         window, xbc, conv_weight = rand(b, 56, 4, dtype=dtype), rand(b, 56, dtype=dtype), rand(56, 4, dtype=dtype)
-        bias = rand(56, dtype=dtype) if b == 1 else None  # present and absent across SHAPE_CASES
+        bias = rand(56, dtype=dtype) if L != 5 else None  # absent in one SHAPE_CASE, present at LENGTH
         heads = [-rand(4).abs(), rand(4), rand(4)]
         state, z, dt = rand(b, 4, 8, 6), rand(b, 32, dtype=dtype), rand(b, 4, dtype=dtype)
         return window, state, xbc, z, dt, conv_weight, bias, *heads, rand(32, dtype=dtype), 0.0, float("inf"), 1e-5

@@ -1,6 +1,7 @@
 """The causal conv1d as Triton kernels: prefill (one program per (batch, block of positions, block of
-channels), K taps unrolled), the window after each row's length (one program per (batch, block of
-channels)), and the decode step (same grid, the window loaded as a (channels, K) tile)."""
+channels), K taps unrolled; the programs of the first block of positions also store the window after
+each row's length, so prefill is one launch), and the decode step (one program per (batch, block of
+channels), the window loaded as a (channels, K) tile)."""
 
 import torch
 import triton
@@ -14,13 +15,16 @@ def causal_conv1d_kernel(
     x_ptr,
     weight_ptr,
     bias_ptr,
+    lengths_ptr,
     y_ptr,
+    window_ptr,
     L,
     DIM,
     K: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     BLOCK_L: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     batch = tl.program_id(0).to(tl.int64)
     offs_t = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -37,21 +41,14 @@ def causal_conv1d_kernel(
     y = acc / (1.0 + tl.exp(-acc))  # SiLU
     mask = (offs_t < L)[:, None] & mask_d[None, :]
     tl.store(y_ptr + (batch * L + offs_t)[:, None] * DIM + offs_d[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def conv_window_kernel(
-    x_ptr, lengths_ptr, window_ptr, L, DIM, K: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr
-):
-    batch = tl.program_id(0).to(tl.int64)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_d = offs_d < DIM
-    t = tl.load(lengths_ptr + batch) - K + offs_k  # positions [length - K, length)
-    mask = (t >= 0)[None, :] & (offs_k < K)[None, :] & mask_d[:, None]
-    inputs = tl.load(x_ptr + (batch * L + t)[None, :] * DIM + offs_d[:, None], mask=mask, other=0.0)
-    store_mask = (offs_k < K)[None, :] & mask_d[:, None]
-    tl.store(window_ptr + (batch * DIM + offs_d)[:, None] * K + offs_k[None, :], inputs, mask=store_mask)
+    if tl.program_id(1) == 0:  # the window: the raw inputs at positions [length - K, length), zeros before 0
+        offs_k = tl.arange(0, BLOCK_K)
+        window_t = tl.load(lengths_ptr + batch) - K + offs_k
+        window_mask = (window_t >= 0)[None, :] & (offs_k < K)[None, :] & mask_d[:, None]
+        window_at = x_ptr + (batch * L + window_t)[None, :] * DIM + offs_d[:, None]
+        window = tl.load(window_at, mask=window_mask, other=0.0)
+        store_mask = (offs_k < K)[None, :] & mask_d[:, None]
+        tl.store(window_ptr + (batch * DIM + offs_d)[:, None] * K + offs_k[None, :], window, mask=store_mask)
 
 
 @triton.jit
@@ -98,10 +95,19 @@ def causal_conv1d_triton(x, weight, bias, lengths):
     has_bias = bias is not None
     grid = (b, triton.cdiv(L, BLOCK_L), triton.cdiv(dim, BLOCK_D))
     causal_conv1d_kernel[grid](
-        x, weight, bias.contiguous() if has_bias else weight, y, L, dim, K, has_bias, BLOCK_L, BLOCK_D
-    )
-    conv_window_kernel[(b, triton.cdiv(dim, BLOCK_D))](
-        x, lengths.contiguous(), window, L, dim, K, triton.next_power_of_2(K), BLOCK_D
+        x,
+        weight,
+        bias.contiguous() if has_bias else weight,
+        lengths.contiguous(),
+        y,
+        window,
+        L,
+        dim,
+        K,
+        has_bias,
+        BLOCK_L,
+        BLOCK_D,
+        triton.next_power_of_2(K),
     )
     return y, window
 
@@ -132,23 +138,13 @@ TRITON_KERNELS = [
         name="causal_conv1d",
         fn=causal_conv1d_kernel,
         signature={
-            **dict.fromkeys(["x_ptr", "weight_ptr", "bias_ptr", "y_ptr"], "*fp32"),
-            **dict.fromkeys(["L", "DIM"], "i32"),
-            **dict.fromkeys(["K", "HAS_BIAS", "BLOCK_L", "BLOCK_D"], "constexpr"),
-        },
-        constexprs={"K": 4, "HAS_BIAS": True, "BLOCK_L": BLOCK_L, "BLOCK_D": BLOCK_D},
-    ),
-    KernelSpec(
-        name="causal_conv1d_window",
-        fn=conv_window_kernel,
-        signature={
-            "x_ptr": "*fp32",
+            **dict.fromkeys(["x_ptr", "weight_ptr", "bias_ptr"], "*fp32"),
             "lengths_ptr": "*i64",
-            "window_ptr": "*fp32",
+            **dict.fromkeys(["y_ptr", "window_ptr"], "*fp32"),
             **dict.fromkeys(["L", "DIM"], "i32"),
-            **dict.fromkeys(["K", "BLOCK_K", "BLOCK_D"], "constexpr"),
+            **dict.fromkeys(["K", "HAS_BIAS", "BLOCK_L", "BLOCK_D", "BLOCK_K"], "constexpr"),
         },
-        constexprs={"K": 4, "BLOCK_K": 4, "BLOCK_D": BLOCK_D},
+        constexprs={"K": 4, "HAS_BIAS": True, "BLOCK_L": BLOCK_L, "BLOCK_D": BLOCK_D, "BLOCK_K": 4},
     ),
     KernelSpec(
         name="causal_conv1d_update",

@@ -1,7 +1,8 @@
 """Triton kernel of zoo::dmc_prefill_cache: one program per (row, KV head) walks the prompt in blocks of
 BLOCK_L positions, gives each kept position its slot (a running offset plus an exclusive cumsum of `keep`
 within the block) and stores its rotated key and value there, tracks the start of the trailing group,
-and finally writes the open slot's sums, weight, group length and window ring at the last prompt token."""
+zeroes the slots past the kept ones (so the outputs need no fill before the launch), and finally writes
+the open slot's sums, weight, group length and window ring at the last prompt token."""
 
 import torch
 import triton
@@ -43,6 +44,13 @@ def dmc_prefill_cache_kernel(
         filled += tl.sum(keep_count, axis=0)
         start = tl.maximum(start, tl.max(tl.where(in_prompt & (alpha == 0), j, 0), axis=0))
     tl.store(slots_ptr + bh, filled)
+    for block in range(0, T, BLOCK_L):  # the slots no kept position reached hold zeros
+        s = block + tl.arange(0, BLOCK_L)
+        unused = (s >= filled) & (s < T)
+        dst = (bh * T + s)[:, None] * D + d[None, :]
+        tile_mask = unused[:, None] & d_mask[None, :]
+        tl.store(k_out_ptr + dst, tl.zeros([BLOCK_L, BLOCK_D], tl.float32), mask=tile_mask)
+        tl.store(v_out_ptr + dst, tl.zeros([BLOCK_L, BLOCK_D], tl.float32), mask=tile_mask)
 
     at_last = (row + last) * 2 * D
     tl.store(ksum_ptr + bh * D + d, tl.load(acc_ptr + at_last + d, mask=d_mask, other=0.0).to(tl.float32), mask=d_mask)
@@ -77,11 +85,10 @@ def block_sizes(D: int, W: int) -> dict:
 def dmc_prefill_cache_triton(alpha, omega, kv, acc, weight, k_slot, v_slot, lengths, capacity, window):
     B, Hkv, L = alpha.shape
     D = k_slot.shape[-1]
-    inputs = [t.contiguous() for t in (alpha, omega, kv, acc, weight, k_slot, v_slot, lengths)]
     f32 = dict(dtype=torch.float32, device=alpha.device)
-    outputs = [
-        k_slot.new_zeros(B, Hkv, capacity, D),
-        v_slot.new_zeros(B, Hkv, capacity, D),
+    outputs = (
+        k_slot.new_empty(B, Hkv, capacity, D),
+        v_slot.new_empty(B, Hkv, capacity, D),
         torch.empty(B, Hkv, dtype=torch.int64, device=alpha.device),
         torch.empty(B, Hkv, D, **f32),
         torch.empty(B, Hkv, D, **f32),
@@ -90,11 +97,20 @@ def dmc_prefill_cache_triton(alpha, omega, kv, acc, weight, k_slot, v_slot, leng
         torch.empty(B, Hkv, window, D, **f32),
         torch.empty(B, Hkv, window, D, **f32),
         torch.empty(B, Hkv, window, **f32),
-    ]
+    )
+    launch_into(outputs, alpha, omega, kv, acc, weight, k_slot, v_slot, lengths, window)
+    return outputs
+
+
+def launch_into(outputs, alpha, omega, kv, acc, weight, k_slot, v_slot, lengths, window):
+    """Run the kernel into `outputs` (every element is written: they may hold anything before, as a
+    TensorRT plugin's outputs do)."""
+    B, Hkv, L = alpha.shape
+    capacity, D = outputs[0].shape[2], k_slot.shape[-1]
+    inputs = [t.contiguous() for t in (alpha, omega, kv, acc, weight, k_slot, v_slot, lengths)]
     dmc_prefill_cache_kernel[(B * Hkv,)](
         *inputs, *outputs, L, capacity, HKV=Hkv, D=D, W=window, **block_sizes(D, window)
     )
-    return tuple(outputs)
 
 
 def _signature(dtype: str) -> dict[str, str]:
