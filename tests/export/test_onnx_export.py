@@ -48,11 +48,14 @@ def prompt_lengths(context: int) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module", params=CASES)
-def exported(request, tmp_path_factory):
+def exported(request, tmp_path_factory, fused_artifacts):
+    """(name, fused, model, artifact): a fused artifact is the session's `--format tensorrt` export (its
+    ONNX graphs are the fused export's), an unfused one an `export_onnx` of its own."""
     name, fused = request.param
+    if fused:
+        return name, fused, *fused_artifacts(name)
     model = informative_weights(zoo.build(name)).eval()
-    path = export_onnx(model, tmp_path_factory.mktemp(name) / "artifact", fused=fused)
-    return name, fused, model, path
+    return name, fused, model, export_onnx(model, tmp_path_factory.mktemp(name) / "artifact", fused=False)
 
 
 def test_manifest_and_checker(exported):
@@ -60,7 +63,8 @@ def test_manifest_and_checker(exported):
     manifest = verify(path)
     assert (manifest["format"], manifest["format_version"], manifest["fused"]) == ("zoo-artifact", 1, fused)
     assert manifest["family"] == model.config.family and manifest["config"] == model.config.to_dict()
-    assert set(manifest["files"]) == {"prefill.onnx", "decode.onnx"}
+    onnx_files = {name for name in manifest["files"] if not name.startswith("tensorrt/")}
+    assert onnx_files == {"prefill.onnx", "decode.onnx"}
     spec = model.state_spec()
     for phase, first in (("prefill", ["input_ids", "lengths"]), ("decode", ["tokens", "positions"])):
         graph = manifest["graphs"][phase]

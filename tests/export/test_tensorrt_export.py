@@ -4,7 +4,7 @@ with no local function left for it; the CLI writes the artifact, says in one lin
 built, and prints the build command and trtexec commands whose shapes are the profiles' over the graphs'
 real input names; the plugins' AOT kernels are written; bad --max-batch / --max-seq values are usage
 errors. The engine build itself needs TensorRT and a GPU (marked). Each family is exported once per
-module (tens of seconds each, the plugins' sm_90 compilation included): three of them are marked slow."""
+session (tests/export/conftest.py), and the ONNX tests check the same artifacts' fused graphs."""
 
 import json
 import re
@@ -28,18 +28,19 @@ from export.tensorrt import (
     trtexec_shapes,
     unsupported_ops,
 )
+from tests.export.conftest import TENSORRT_MAX_BATCH as MAX_BATCH
+from tests.export.conftest import TENSORRT_MAX_SEQ as MAX_SEQ
 from tests.test_bad_inputs import assert_error, cli, snapshot, workdir  # noqa: F401 (a fixture)
 from zoo.cli import main
 from zoo.errors import ZooError
 
-MAX_BATCH, MAX_SEQ = 4, 48
 FAMILIES = [
     pytest.param("llama-tiny", id="llama"),
     pytest.param("dmc-tiny", id="dmc"),
-    pytest.param("mamba2-tiny", id="mamba2", marks=pytest.mark.slow),
-    pytest.param("moe-tiny", id="moe", marks=pytest.mark.slow),
+    pytest.param("mamba2-tiny", id="mamba2"),
+    pytest.param("moe-tiny", id="moe"),
     pytest.param("gpt-tiny", id="gpt"),
-    pytest.param("mamba2-hybrid-tiny", id="mamba2-hybrid", marks=pytest.mark.slow),
+    pytest.param("mamba2-hybrid-tiny", id="mamba2-hybrid"),
 ]
 
 
@@ -53,17 +54,10 @@ def cli_export(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, cli_export):
-    """Factory: the TensorRT artifact directory of a tiny model (llama-tiny's is the CLI's)."""
-    made = {"llama-tiny": cli_export[1]}
-
-    def get(name: str):
-        if name not in made:
-            path = tmp_path_factory.mktemp(name) / "art"
-            made[name] = export_tensorrt(zoo.build(name).eval(), path, MAX_BATCH, MAX_SEQ)[0]
-        return made[name]
-
-    return get
+def artifacts(cli_export, fused_artifacts):
+    """Factory: the TensorRT artifact directory of a tiny model (llama-tiny's is the CLI's; the others are
+    the session's exports, shared with the ONNX tests)."""
+    return lambda name: cli_export[1] if name == "llama-tiny" else fused_artifacts(name)[1]
 
 
 @pytest.mark.parametrize("name", FAMILIES)
