@@ -4,6 +4,7 @@ and no exporter sees (or drops) the per-expert split. The router matmul stays ou
 
 import torch
 
+from zoo.ops.autograd import register_reference_autograd
 from zoo.ops.kernels import dispatch
 from zoo.ops.moe_experts.cpu import moe_experts_cpu
 from zoo.ops.moe_experts.reference import ACTIVATIONS, ROUTINGS, moe_experts_ref
@@ -70,20 +71,4 @@ def _(x, router_logits, w_gate_up, w_down, top_k, routing, activation, gated):
     return x.new_empty(shape, dtype=dtype)
 
 
-def _setup_context(ctx, inputs, output):
-    x, router_logits, w_gate_up, w_down, *config = inputs
-    ctx.save_for_backward(x, router_logits, w_gate_up, w_down)
-    ctx.config = config
-
-
-def _backward(ctx, grad_y):
-    """Gradients by autograd through the reference, recomputed: static shapes, so a compiled backward traces
-    it too (at N/K times the work of the grouped forward)."""
-    inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad)]
-    wanted = [t for t in inputs if t.requires_grad]
-    with torch.enable_grad():
-        grads = iter(torch.autograd.grad(moe_experts_ref(*inputs, *ctx.config), wanted, grad_y))
-    return *(next(grads) if t.requires_grad else None for t in inputs), None, None, None, None
-
-
-moe_experts.register_autograd(_backward, setup_context=_setup_context)
+register_reference_autograd(moe_experts, moe_experts_ref, n_tensors=4)

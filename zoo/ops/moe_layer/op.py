@@ -5,6 +5,7 @@ top-K in one kernel, so the logits never go to memory."""
 
 import torch
 
+from zoo.ops.autograd import register_reference_autograd
 from zoo.ops.kernels import dispatch
 from zoo.ops.moe_experts.op import check_experts
 from zoo.ops.moe_layer.cpu import moe_layer_cpu
@@ -59,20 +60,4 @@ def _(x, router_weight, w_gate_up, w_down, top_k, routing, activation, gated):
     return x.new_empty(shape, dtype=dtype)
 
 
-def _setup_context(ctx, inputs, output):
-    x, router_weight, w_gate_up, w_down, *config = inputs
-    ctx.save_for_backward(x, router_weight, w_gate_up, w_down)
-    ctx.config = config
-
-
-def _backward(ctx, grad_y):
-    """Gradients by autograd through the reference, recomputed (as zoo::moe_experts does): the router weight
-    gets its gradient through the routing weights."""
-    inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad)]
-    wanted = [t for t in inputs if t.requires_grad]
-    with torch.enable_grad():
-        grads = iter(torch.autograd.grad(moe_layer_ref(*inputs, *ctx.config), wanted, grad_y))
-    return *(next(grads) if t.requires_grad else None for t in inputs), None, None, None, None
-
-
-moe_layer.register_autograd(_backward, setup_context=_setup_context)
+register_reference_autograd(moe_layer, moe_layer_ref, n_tensors=4)  # the router learns through the routing
