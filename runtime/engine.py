@@ -6,6 +6,10 @@ The engine owns the request: checks, padding, the cache length, sampling, EOS an
 static decode shapes (the compiled backend) gets the cache length rounded up to a multiple of
 CACHE_BUCKET, so that requests of similar size reuse one compiled graph. A compressed cache (DMC: fewer
 slots than tokens) is sized by runtime.state.CompressedCacheManager, its capacities in CACHE_BUCKET steps.
+
+An encoder-decoder model (`encoder_decoder` on the runner: t5) reads each prompt as its encoder input: its
+prefill encodes the prompts, fills the cross-attention cache and runs the decoder's start token at decoder
+position 0, so decoding continues at position 1, and its cache slots hold max(prompt, new tokens) tokens.
 """
 
 import os
@@ -160,12 +164,21 @@ class Engine:
     def layout_for(self, batch: int) -> str:
         return self.runner.layout_for(batch) if hasattr(self.runner, "layout_for") else "as-is"
 
+    @property
+    def encoder_decoder(self) -> bool:
+        """Whether prompts are encoder inputs and new tokens a separate decoder sequence (module docstring)."""
+        return getattr(self.runner, "encoder_decoder", False)
+
     def check_request(self, prompts: list[list[int]], max_new_tokens: int, eos: set[int] = frozenset()) -> None:
         if not prompts:
             raise ZooError("no prompts given")
         if max_new_tokens < 1:
             raise ZooError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         context, vocab = self.config.max_seq_len, self.config.vocab_size
+        if self.encoder_decoder and max_new_tokens > context:
+            raise ContextLengthError(
+                f"max_new_tokens={max_new_tokens} exceeds the decoder's context of {context}; ask for at most {context}"
+            )
         for i, prompt in enumerate(prompts):
             if not prompt:
                 raise ZooError(f"prompt {i} is empty")
@@ -173,7 +186,7 @@ class Engine:
                 raise ContextLengthError(
                     f"prompt {i} has {len(prompt)} tokens, longer than the model's context of {context}"
                 )
-            if len(prompt) + max_new_tokens > context:
+            if not self.encoder_decoder and len(prompt) + max_new_tokens > context:
                 raise ContextLengthError(
                     f"prompt {i} ({len(prompt)} tokens) plus max_new_tokens={max_new_tokens} exceeds the "
                     f"model's context of {context}; ask for at most {context - len(prompt)} new tokens"
@@ -185,8 +198,15 @@ class Engine:
         if bad_eos:
             raise ZooError(f"EOS token ids outside the vocabulary [0, {vocab}): {bad_eos[:5]}")
 
+    def needed_cache_length(self, longest_prompt: int, max_new_tokens: int) -> int:
+        """The fewest cache slots a request needs: prompt and new tokens in one sequence, or, for an
+        encoder-decoder model, the encoder input and the decoder tokens in caches sharing the slot axis."""
+        if self.encoder_decoder:
+            return max(longest_prompt, max_new_tokens)
+        return longest_prompt + max_new_tokens
+
     def cache_length(self, longest_prompt: int, max_new_tokens: int) -> int:
-        needed = longest_prompt + max_new_tokens
+        needed = self.needed_cache_length(longest_prompt, max_new_tokens)
         if self.runner.static_shapes:
             needed = -(-needed // CACHE_BUCKET) * CACHE_BUCKET
         return min(needed, self.config.max_seq_len)
@@ -245,9 +265,10 @@ class Engine:
             input_ids[row, : len(prompt)] = torch.tensor(prompt, device=device)
         if cache_length is None:
             cache_length = self.cache_length(longest, max_new_tokens)
-        elif not longest + max_new_tokens <= cache_length <= self.config.max_seq_len:
+        elif not self.needed_cache_length(longest, max_new_tokens) <= cache_length <= self.config.max_seq_len:
             raise ZooError(
-                f"cache_length={cache_length} must be in [{longest + max_new_tokens}, {self.config.max_seq_len}]"
+                f"cache_length={cache_length} must be in "
+                f"[{self.needed_cache_length(longest, max_new_tokens)}, {self.config.max_seq_len}]"
             )
         compressed = runner.compressed_cache
         manager = runtime_state.CompressedCacheManager(runner, cache_length, CACHE_BUCKET) if compressed else None
@@ -258,7 +279,7 @@ class Engine:
         if compressed:
             state = manager.fit(state, after_prefill=True)
         result.state_bytes = runner.state_bytes(state)
-        positions = lengths
+        positions = torch.ones_like(lengths) if self.encoder_decoder else lengths  # of the next token fed
         finished = [False] * batch
         for step in range(max_new_tokens):
             next_tokens = select_next_tokens(logits, temperature, top_k, top_p, generator)

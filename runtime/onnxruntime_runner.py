@@ -47,7 +47,7 @@ def pick_provider(ort) -> str:
     )
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(runtime_state.ArtifactStateHooks):
     backend = "onnxruntime"
     static_shapes = False  # the graphs have dynamic batch, prompt and cache axes
 
@@ -113,24 +113,10 @@ class OnnxRuntimeRunner:
         self._spare = dict(state)
         return self._logits, dict(self._pair[1 - parity])
 
-    def cache_slots(self, state: dict[str, torch.Tensor]) -> tuple[int, int]:
-        return runtime_state.slots_in_use(state, self.spec)
-
     def resize_cache(self, state: dict[str, torch.Tensor], capacity: int) -> dict[str, torch.Tensor]:
         """New zero buffers with the old slots copied (the spare set follows at the next step)."""
         self.allocations += sum(runtime_state.cache_axis(e) is not None for e in self.spec)
         return runtime_state.resized(state, self.spec, capacity)
-
-    def state_bytes(self, state: dict[str, torch.Tensor]) -> int:
-        """The state and the twin set the next step writes into."""
-        return 2 * runtime_state.state_bytes(state)
-
-    def state_summary(self, state: dict[str, torch.Tensor], positions: torch.Tensor) -> dict:
-        if not self.compressed_cache:
-            return {}
-        from zoo.nn.dmc import compression_ratios
-
-        return {"compression": compression_ratios(state, positions, self.config.n_layers)}
 
     def _twin(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Output buffers shaped like `state` and distinct from it: the last step's inputs, reallocated only

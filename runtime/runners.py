@@ -8,7 +8,9 @@ Every runner provides
   the hooks of runtime.state.CompressedCacheManager;
 - `prepare(batch)` before each request, `state_bytes(state)` (what it holds for that state),
   `state_summary(state, positions)`, `config`, `device`, and
-  `static_shapes` (the decode step is specialised per cache length, so the engine buckets cache lengths).
+  `static_shapes` (the decode step is specialised per cache length, so the engine buckets cache lengths);
+- optionally `encoder_decoder` (default False): prompts are encoder inputs, and the first decode step feeds
+  decoder position 1 (runtime/engine.py).
 
 TorchRunner runs the nn.Module eagerly, CompiledRunner under torch.compile with the zoo backend;
 runtime.onnxruntime_runner.OnnxRuntimeRunner and runtime.tensorrt_runner.TensorRTRunner run an exported
@@ -129,6 +131,7 @@ class TorchRunner:
         self.model = model.eval()
         self.config = model.config
         self.compressed_cache = getattr(model, "compressed_cache", False)
+        self.encoder_decoder = getattr(model, "encoder_decoder", False)
 
     @property
     def device(self) -> torch.device:

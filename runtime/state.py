@@ -97,3 +97,22 @@ def artifact_config(path, manifest: dict):
         if r["state"] is not None
     ]
     return config, getattr(torch, manifest["dtype"]), spec
+
+
+class ArtifactStateHooks:
+    """The state hooks of a runner of an exported artifact (no nn.Module: its state spec `self.spec`, its
+    config `self.config`, `self.compressed_cache`), whose decode step writes a twin set of buffers."""
+
+    def cache_slots(self, state: dict[str, torch.Tensor]) -> tuple[int, int]:
+        return slots_in_use(state, self.spec)
+
+    def state_bytes(self, state: dict[str, torch.Tensor]) -> int:
+        """The state and the twin set the next step writes into."""
+        return 2 * state_bytes(state)
+
+    def state_summary(self, state: dict[str, torch.Tensor], positions: torch.Tensor) -> dict:
+        if not self.compressed_cache:
+            return {}
+        from zoo.nn.dmc import compression_ratios
+
+        return {"compression": compression_ratios(state, positions, self.config.n_layers)}

@@ -54,7 +54,7 @@ class DecodeGraphs:
     graphs: list = field(default_factory=lambda: [None, None])
 
 
-class TensorRTRunner:
+class TensorRTRunner(runtime_state.ArtifactStateHooks):
     backend = "tensorrt"
     static_shapes = False  # the engines' profiles cover ranges of batch, prompt and cache lengths
 
@@ -187,25 +187,11 @@ class TensorRTRunner:
         self._run(graph.replay)
         return step.logits, dict(pair[1 - parity])
 
-    def cache_slots(self, state: dict[str, torch.Tensor]) -> tuple[int, int]:
-        return runtime_state.slots_in_use(state, self.spec)
-
     def resize_cache(self, state: dict[str, torch.Tensor], capacity: int) -> dict[str, torch.Tensor]:
         """New zero buffers with the old slots copied (their twin set is allocated at the next step)."""
         self._check_axis("cache", capacity, "--max-seq")
         self.allocations += sum(runtime_state.cache_axis(e) is not None for e in self.spec)
         return runtime_state.resized(state, self.spec, capacity)
-
-    def state_bytes(self, state: dict[str, torch.Tensor]) -> int:
-        """The state and the twin set the next step writes into."""
-        return 2 * runtime_state.state_bytes(state)
-
-    def state_summary(self, state: dict[str, torch.Tensor], positions: torch.Tensor) -> dict:
-        if not self.compressed_cache:
-            return {}
-        from zoo.nn.dmc import compression_ratios
-
-        return {"compression": compression_ratios(state, positions, self.config.n_layers)}
 
     # --- buffers, bindings, graphs ------------------------------------------------------------------------
 

@@ -215,7 +215,7 @@ def test_load_errors_are_one_line(artifact_copy, tmp_path, monkeypatch):
     )
     code, output = zoo_run(path, "--prompt-ids", ",".join(["1"] * 300))
     assert code == 1 and "prompt 0 has 300 tokens, longer than the model's context of 256" in output
-    with pytest.raises(ZooError, match="is an exported artifact .* runs on the onnxruntime backend"):
+    with pytest.raises(ZooError, match="is an exported artifact .* runs on the onnxruntime or tensorrt backend"):
         Engine.load(path, backend="torch")
     with pytest.raises(ZooError, match="onnxruntime backend runs exported artifacts"):
         Engine.load("llama-tiny", backend="onnxruntime")
