@@ -15,6 +15,8 @@ from zoo.models.dmc import config as dmc_config
 from zoo.models.dmc import megatron as dmc_megatron
 from zoo.models.gpt import config as gpt_config
 from zoo.models.gpt import convert as gpt_convert
+from zoo.models.hourglass import config as hourglass_config
+from zoo.models.hourglass.model import HourglassLM
 from zoo.models.llama import config as llama_config
 from zoo.models.llama import convert as llama_convert
 from zoo.models.mamba2 import config as mamba2_config
@@ -24,6 +26,9 @@ from zoo.models.mamba2 import convert_nemotron_h as nemotron_h_convert
 from zoo.models.mamba2.model import Mamba2LM
 from zoo.models.moe import config as moe_config
 from zoo.models.moe import convert as moe_convert
+from zoo.models.t5 import config as t5_config
+from zoo.models.t5 import convert as t5_convert
+from zoo.models.t5.model import T5LM
 from zoo.nn.transformer import DecoderLM
 
 
@@ -69,6 +74,8 @@ register(
 register(
     Family("mamba2-hybrid", mamba2_config.HybridConfig, Mamba2LM, mamba2_config.HYBRID_SIZES, (nemotron_h_convert,))
 )
+register(Family("t5", t5_config.T5Config, T5LM, t5_config.SIZES, (t5_convert,)))
+register(Family("hourglass", hourglass_config.HourglassConfig, HourglassLM, hourglass_config.SIZES))
 
 
 def get_config(name: str) -> ModelConfig:
@@ -218,6 +225,7 @@ def build_hf_twin(config: ModelConfig, seed: int = 0):
     hf_config = transformers.AutoConfig.for_model(
         model_type, **kwargs, bos_token_id=None, eos_token_id=None, pad_token_id=None
     )
+    auto = transformers.AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else transformers.AutoModelForCausalLM
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return transformers.AutoModelForCausalLM.from_config(hf_config).eval()
+        return auto.from_config(hf_config).eval()
