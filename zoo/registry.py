@@ -13,6 +13,8 @@ from zoo.config import ModelConfig
 from zoo.errors import CheckpointError, UnknownModelError, ZooError
 from zoo.models.dmc import config as dmc_config
 from zoo.models.dmc import megatron as dmc_megatron
+from zoo.models.dynpool import config as dynpool_config
+from zoo.models.dynpool.model import DynPoolLM
 from zoo.models.gpt import config as gpt_config
 from zoo.models.gpt import convert as gpt_convert
 from zoo.models.hourglass import config as hourglass_config
@@ -76,6 +78,7 @@ register(
 )
 register(Family("t5", t5_config.T5Config, T5LM, t5_config.SIZES, (t5_convert,)))
 register(Family("hourglass", hourglass_config.HourglassConfig, HourglassLM, hourglass_config.SIZES))
+register(Family("dynpool", dynpool_config.DynPoolConfig, DynPoolLM, dynpool_config.SIZES))
 
 
 def get_config(name: str) -> ModelConfig:

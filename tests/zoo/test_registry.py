@@ -32,7 +32,9 @@ def test_every_named_size_has_a_consistent_config():
 
 
 @pytest.mark.parametrize(
-    "name", ["llama-tiny", "gpt-tiny", "llama-small", "mamba2-tiny", "mamba2-hybrid-tiny", "moe-tiny", "dmc-tiny"]
+    "name",
+    ["llama-tiny", "gpt-tiny", "llama-small", "mamba2-tiny", "mamba2-hybrid-tiny", "moe-tiny", "dmc-tiny"]
+    + ["t5-tiny", "hourglass-tiny", "dynpool-tiny"],
 )
 def test_analytic_param_count_equals_built_model(name):
     model = zoo.build(name)
