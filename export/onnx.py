@@ -91,6 +91,8 @@ def export_onnx(
             "config": model.config.to_dict(),
             "dtype": str(model_dtype).removeprefix("torch."),
             "fused": fused,
+            # prompts are encoder inputs and decoding starts at position 1 (t5; runtime/engine.py)
+            "encoder_decoder": bool(getattr(model, "encoder_decoder", False)),
             "graphs": entries,
             "zoo_ops": {
                 name: {"version": ops[name].version, "domain": DOMAIN, "op_type": op_type(name), "count": count}

@@ -12,8 +12,8 @@ they are, so the artifact is useful on a machine without TensorRT) plus a `tenso
   argument ONNX passes as an input (dmc_prefill_cache's capacity) becomes an attribute, so that graph's
   engine takes one cache length (`tensorrt_onnx`). The zoo's local functions are dropped: onnx-tensorrt imports a
   node that has a local function of its op type as that function unless the plugin is found, and a
-  silent fallback to the reference body is what the plugin path must never do. The zoo schemas are
-  registered with the three plugin attributes added (`register_plugin_schema`), so `onnx.checker` passes.
+  silent fallback to the reference body is what the plugin path must never do. `onnx.checker` runs with the
+  zoo schemas extended by the plugin attributes (`plugin_schemas`), which are put back as they were after.
   Every other node must be an operator the parser supports (export/tensorrt_onnx_ops.json, taken from
   onnx-tensorrt's docs/operators.md): `unsupported_ops` names those that are not.
 - `tensorrt/plugins/`: the plugins' AOT payloads (a PTX file per distinct zoo node and `plugins.json`
@@ -28,6 +28,7 @@ AOT payloads, engines and timing cache, the build command, trtexec commands); ev
 included, is in its `files` table with size and sha256.
 """
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -136,6 +137,30 @@ def register_plugin_schema(op) -> None:
     onnx.defs.register_schema(extended)
 
 
+@contextlib.contextmanager
+def plugin_schemas(proto):
+    """While the block runs, the zoo schemas of the graph's ops carry the plugin attributes, so that
+    onnx.checker accepts the TensorRT-ready nodes; the plain schemas are put back after it, so the ONNX
+    exports of the same process keep the op signatures they translate with."""
+    import onnx
+
+    from export.onnx_ops import register_schema
+
+    ops = zoo_ops_by_type()
+    used = {node.op_type: ops[node.op_type] for node in proto.graph.node if node.domain == DOMAIN}
+    plain = []
+    for name, op in used.items():
+        register_schema(op)
+        plain.append(onnx.defs.get_schema(name, op.version, DOMAIN))
+        register_plugin_schema(op)
+    try:
+        yield
+    finally:
+        for schema in plain:
+            onnx.defs.deregister_schema(schema.name, schema.since_version, DOMAIN)
+            onnx.defs.register_schema(schema)
+
+
 def zoo_ops_by_type() -> dict:
     from zoo.ops.registry import zoo_ops
 
@@ -171,7 +196,6 @@ def tensorrt_onnx(proto, cache_capacity: int, jit_ops: frozenset = frozenset()):
         if node.op_type not in ops:
             raise TensorRTExportError(f"the graph calls zoo::{node.op_type}, which this graph-zoo lacks")
         op = ops[node.op_type]
-        register_plugin_schema(op)
         given = dict(zip((a.name for a in arguments(op) if a.kind == "input"), node.input))
         current = {a.name: a for a in node.attribute}
         inputs, attributes = [], []
@@ -506,7 +530,8 @@ def save_tensorrt_graph(proto, directory: Path, phase: str, external: bool) -> d
         size_threshold=1024,
     )  # fmt: skip
     try:
-        onnx.checker.check_model(str(file), full_check=True)
+        with plugin_schemas(proto):
+            onnx.checker.check_model(str(file), full_check=True)
     except onnx.checker.ValidationError as exc:
         raise TensorRTExportError(f"the TensorRT {phase} graph fails onnx.checker: {str(exc).splitlines()[0]}") from exc
     return {

@@ -101,7 +101,13 @@ def artifact_config(path, manifest: dict):
 
 class ArtifactStateHooks:
     """The state hooks of a runner of an exported artifact (no nn.Module: its state spec `self.spec`, its
-    config `self.config`, `self.compressed_cache`), whose decode step writes a twin set of buffers."""
+    config `self.config`, `self.compressed_cache`, `self.manifest`), whose decode step writes a twin set of
+    buffers."""
+
+    @property
+    def encoder_decoder(self) -> bool:
+        """Prompts are encoder inputs (t5), as the manifest records (artifacts written before the field: no)."""
+        return bool(self.manifest.get("encoder_decoder", False))
 
     def cache_slots(self, state: dict[str, torch.Tensor]) -> tuple[int, int]:
         return slots_in_use(state, self.spec)
