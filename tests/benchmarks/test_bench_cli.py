@@ -125,3 +125,19 @@ def test_model_benched_on_its_exported_onnx_beside_torch():
     jsonschema.validate(report, REPORT_SCHEMA)
     assert [r["runner"] for r in report["results"]] == ["torch", "onnxruntime", "onnxruntime-unfused"]
     assert all(len(run["token_times_s"]) == 3 for r in report["results"] for run in r["runs"])
+
+
+@pytest.mark.parametrize("name", ["t5-tiny", "hourglass-tiny", "dynpool-tiny"])
+def test_seed_families_bench(name, tmp_path):
+    """`zoo bench` on the encoder-decoder and the shortening families: a valid report, every new token
+    timed; t5 against its HF twin (Seq2SeqLM generate)."""
+    out_json = tmp_path / "report.json"
+    args = ["bench", name, "--batch", "2", "--prompt-len", "7", "--gen-len", "3", "--warmup", "0", "--repeats", "1"]
+    compare = ["--compare", "hf"] if name == "t5-tiny" else []
+    result = CliRunner().invoke(main, [*args, *compare, "--json", str(out_json)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out_json.read_text())
+    jsonschema.validate(report, REPORT_SCHEMA)
+    assert {r["runner"] for r in report["results"]} == ({"torch", "hf"} if compare else {"torch"})
+    for r in report["results"]:
+        assert [len(run["token_times_s"]) for run in r["runs"]] == [3]
