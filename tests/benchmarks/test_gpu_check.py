@@ -24,6 +24,11 @@ def test_default_models_are_every_tiny_and_small():
         "mamba2-small",
         "mamba2-hybrid-tiny",
         "mamba2-hybrid-small",
+        "t5-tiny",
+        "hourglass-tiny",
+        "hourglass-small",
+        "dynpool-tiny",
+        "dynpool-small",
     ]
 
 
