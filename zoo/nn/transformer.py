@@ -143,6 +143,16 @@ class DecoderBlock(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+def init_normal(module: nn.Module, std: float) -> bool:
+    """A Linear's or Embedding's weight ~ N(0, std) and its bias 0 (True); any other module is left (False)."""
+    if not isinstance(module, (nn.Linear, nn.Embedding)):
+        return False
+    nn.init.normal_(module.weight, std=std)
+    if getattr(module, "bias", None) is not None:
+        nn.init.zeros_(module.bias)
+    return True
+
+
 class DecoderLM(nn.Module):
     def __init__(self, config: DecoderConfig):
         super().__init__()
@@ -159,12 +169,9 @@ class DecoderLM(nn.Module):
     def reset_parameters(self):
         """Linear and embedding weights ~ N(0, init_std), biases 0, norm weights 1."""
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=self.config.init_std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-            elif module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+            if not init_normal(module, self.config.init_std) and module is not self:
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
 
     def embed_tokens(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         x = self.embed(input_ids)

@@ -42,6 +42,7 @@ from zoo.nn.pooling import (
     upsample,
 )
 from zoo.nn.state import StateEntry, allocate_state, layer_view
+from zoo.nn.transformer import init_normal
 
 
 def sinusoid(distances: torch.Tensor, dim: int) -> torch.Tensor:
@@ -177,11 +178,7 @@ class DynPoolLM(nn.Module):
         LayerNorm weights ~ N(1, init_std), the null group ~ N(0, 1)."""
         std = self.config.init_std
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, LayerNorm):
+            if not init_normal(module, std) and isinstance(module, LayerNorm):
                 nn.init.normal_(module.weight, mean=1.0, std=std)
                 nn.init.zeros_(module.bias)
         nn.init.normal_(self.content_bias, std=std)

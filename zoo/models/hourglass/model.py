@@ -44,7 +44,7 @@ from zoo.nn.shortening import (
     write_prefix,
 )
 from zoo.nn.state import StateEntry, allocate_state, layer_view, state_spec
-from zoo.nn.transformer import DecoderBlock
+from zoo.nn.transformer import DecoderBlock, init_normal
 
 POOLINGS = {"average": AveragePooling, "linear": LinearPooling}
 UPSAMPLINGS = {"repeat": RepeatUpsampling, "linear": LinearUpsampling}
@@ -227,12 +227,9 @@ class HourglassLM(nn.Module):
     def reset_parameters(self):
         """Linear and embedding weights ~ N(0, init_std), biases 0, norm weights 1."""
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=self.config.init_std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-            elif module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+            if not init_normal(module, self.config.init_std) and module is not self:
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """The top stack ends with its norm, so h goes straight to the head."""

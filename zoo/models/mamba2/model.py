@@ -14,6 +14,7 @@ from zoo.nn.mamba2 import Mamba2Mixer
 from zoo.nn.mlp import MLP
 from zoo.nn.norms import RMSNorm
 from zoo.nn.state import StateEntry, allocate_state, layer_view, state_spec
+from zoo.nn.transformer import init_normal
 
 
 class Sublayer(nn.Module):
@@ -57,11 +58,7 @@ class Mamba2LM(nn.Module):
         """Linear and embedding weights ~ N(0, init_std), biases 0, norms 1, Mamba-2's own init for A, D,
         dt_bias and the conv; out_proj of Mamba layers scaled by 1/sqrt(n_layers) (docs/algorithms.md §2.1)."""
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=self.config.init_std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, (RMSNorm, Mamba2Mixer)):
+            if not init_normal(module, self.config.init_std) and isinstance(module, (RMSNorm, Mamba2Mixer)):
                 module.reset_parameters()
         with torch.no_grad():
             for layer in self.layers:
