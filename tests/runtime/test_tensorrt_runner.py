@@ -3,6 +3,7 @@ order (TensorRT missing, no CUDA GPU, not a TensorRT export, no engines: with th
 them); on a machine with TensorRT and a GPU (marked), the engines generate the torch engine's greedy
 tokens, with the state buffers and decode graphs reused across steps and requests."""
 
+import importlib.util
 import sys
 import types
 
@@ -97,3 +98,12 @@ def test_engines_generate_the_torch_engines_greedy_tokens(tmp_path):
     allocations, graphs = runner.allocations, runner._decode[3].graphs
     assert engine.generate(prompts, 6) == reference.generate(prompts, 6)  # its buffers and graphs again
     assert runner.allocations == allocations and runner._decode[3].graphs == graphs
+
+
+def test_zoo_run_on_tensorrt_without_it_is_one_line(tmp_path):
+    from tests.test_bad_inputs import assert_error, cli
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here: the missing-TensorRT message cannot occur")
+    result = cli("run", str(tmp_path), "--backend", "tensorrt", "--prompt-ids", "1,2", "--max-new-tokens", "2")
+    assert_error(result, "tensorrt is not installed", "graph-zoo[tensorrt]")
