@@ -7,12 +7,12 @@ written into. `load_manifest` and `verify` are what a runner calls before it tru
 problem is one ArtifactError line naming it.
 """
 
-import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
+from zoo.checkpoint import sha256_of
 from zoo.errors import ZooError
 
 FORMAT = "zoo-artifact"
@@ -23,14 +23,6 @@ REQUIRED_KEYS = ("family", "config", "dtype", "graphs", "zoo_ops", "files")
 
 class ArtifactError(ZooError):
     """An artifact directory that is missing, malformed, corrupted or made for another version."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_records(root: Path) -> dict[str, dict]:

@@ -10,6 +10,9 @@ The graph inputs and outputs are renamed to the capture's names (`input_ids`, `s
 `logits`, `new_state.k.0`, ...) and the symbolic dims to `batch`, `prompt`, `cache`; every graph passes
 `onnx.checker.check_model(full_check=True)`. The state outputs are the program's user outputs (the
 models return their state dict), checked against the graph signature's mutated inputs.
+
+A model that reads images (`takes_media`: revilm) also gets its media encoder graph (export/media.py) as
+media.onnx, recorded in the manifest's top-level "media" object.
 """
 
 import os
@@ -20,6 +23,7 @@ from pathlib import Path
 import torch
 
 from export.artifact import check_writable, is_artifact, tool_versions, write_artifact
+from export.media import MEDIA_PHASE, media_entries, media_graph
 from export.onnx_ops import (
     DOMAIN,
     OnnxExportError,
@@ -77,11 +81,15 @@ def export_onnx(
     model = model.eval()
     model_dtype = next(model.parameters()).dtype
     graphs = {phase: export_graph(model, phase, fused) for phase in ("prefill", "decode")}
+    media = media_graph(model) if getattr(model, "takes_media", False) else None
 
     def write(tmp: Path) -> dict:
         entries = {}
         for phase, graph in graphs.items():
             entries[phase] = save_graph(graph, tmp, phase, external_data_threshold)
+        media_record = (
+            {} if media is None else {MEDIA_PHASE: save_media_graph(model, media, tmp, external_data_threshold)}
+        )
         used = Counter()
         for graph in graphs.values():
             used.update(graph["zoo_nodes"])
@@ -94,6 +102,7 @@ def export_onnx(
             # prompts are encoder inputs and decoding starts at position 1 (t5; runtime/engine.py)
             "encoder_decoder": bool(getattr(model, "encoder_decoder", False)),
             "graphs": entries,
+            **media_record,
             "zoo_ops": {
                 name: {"version": ops[name].version, "domain": DOMAIN, "op_type": op_type(name), "count": count}
                 for name, count in sorted(used.items())
@@ -272,11 +281,11 @@ def add_functions(proto, zoo_fx_nodes: list[torch.fx.Node]) -> None:
     proto.ir_version = max(proto.ir_version, 10)  # the overload field
 
 
-def value_records(captured, proto_values) -> list[dict]:
+def value_records(state_entries: list, proto_values) -> list[dict]:
     """Name, dtype, symbolic shape and state entry (None for the others) of graph inputs or outputs."""
     import onnx
 
-    by_name = {e.qualified_name: e for e in captured.state}
+    by_name = {e.qualified_name: e for e in state_entries}
     records = []
     for value in proto_values:
         tensor_type = value.type.tensor_type
@@ -294,11 +303,11 @@ def value_records(captured, proto_values) -> list[dict]:
     return records
 
 
-def save_graph(graph: dict, directory: Path, phase: str, external_data_threshold: int) -> dict:
-    """Write the graph file (external data past the threshold), check it, and describe it for the manifest."""
+def write_graph_file(proto, directory: Path, phase: str, external_data_threshold: int) -> str | None:
+    """Write `phase`.onnx (its weights in `phase`.onnx.data past the threshold) and check it; returns the
+    data file's name or None."""
     import onnx
 
-    proto, captured = graph["proto"], graph["captured"]
     file = directory / f"{phase}.onnx"
     weight_bytes = sum(
         len(t.raw_data) if t.raw_data else onnx.numpy_helper.to_array(t).nbytes for t in proto.graph.initializer
@@ -317,13 +326,32 @@ def save_graph(graph: dict, directory: Path, phase: str, external_data_threshold
         onnx.checker.check_model(str(file), full_check=True)
     except onnx.checker.ValidationError as exc:
         raise OnnxExportError(f"the {phase} graph fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+    return data_file
+
+
+def save_graph(graph: dict, directory: Path, phase: str, external_data_threshold: int) -> dict:
+    """Write the graph file (external data past the threshold), check it, and describe it for the manifest."""
+    proto, captured = graph["proto"], graph["captured"]
+    data_file = write_graph_file(proto, directory, phase, external_data_threshold)
     return {
-        "file": file.name,
+        "file": f"{phase}.onnx",
         "external_data": data_file,
-        "inputs": value_records(captured, proto.graph.input),
-        "outputs": value_records(captured, proto.graph.output),
+        "inputs": value_records(captured.state, proto.graph.input),
+        "outputs": value_records(captured.state, proto.graph.output),
         "state_inputs": [e.qualified_name for e in captured.state],
         "state_outputs": [f"new_{e.qualified_name}" for e in captured.state],
         "zoo_nodes": dict(sorted(graph["zoo_nodes"].items())),
         "passes": graph["passes"],
+    }
+
+
+def save_media_graph(model: torch.nn.Module, proto, directory: Path, external_data_threshold: int) -> dict:
+    """Write the media encoder graph (export.media.media_graph) as media.onnx; the manifest's "media" object."""
+    entries = media_entries(model)
+    return {
+        "file": f"{MEDIA_PHASE}.onnx",
+        "external_data": write_graph_file(proto, directory, MEDIA_PHASE, external_data_threshold),
+        "inputs": value_records(entries, proto.graph.input),
+        "outputs": value_records(entries, proto.graph.output),
+        "embedding_model_id": model.embedding_model_id(),
     }

@@ -10,6 +10,11 @@ slots than tokens) is sized by runtime.state.CompressedCacheManager, its capacit
 An encoder-decoder model (`encoder_decoder` on the runner: t5) reads each prompt as its encoder input: its
 prefill encodes the prompts, fills the cross-attention cache and runs the decoder's start token at decoder
 position 0, so decoding continues at position 1, and its cache slots hold max(prompt, new tokens) tokens.
+
+A model that reads images (`takes_media` on the runner: revilm) gets one image per prompt (`images=`, the
+image before the prompt text) and optionally each prompt's retrieved captions as token ids (`retrieved=`);
+the runner's `encode_media` writes their cross-attention keys and values into the state once per request,
+before prefill (inside the measured time to first token).
 """
 
 import os
@@ -198,6 +203,34 @@ class Engine:
         if bad_eos:
             raise ZooError(f"EOS token ids outside the vocabulary [0, {vocab}): {bad_eos[:5]}")
 
+    def media_inputs(self, batch: int, images, retrieved):
+        """(pixel_values (B, 3, S, S), caption_ids, caption_lengths) for encode_media, or None for a text-only
+        model; errors for images given to a text-only model, or none given to a model that reads them."""
+        if not getattr(self.runner, "takes_media", False):
+            if images is not None or retrieved is not None:
+                raise ZooError(
+                    f"the {self.config.family} family reads text only; it takes no images or retrieved captions"
+                )
+            return None
+        if images is None:
+            raise ZooError(f"the {self.config.family} family needs one image per prompt (images=, `--image`)")
+        pixels = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
+        size = self.config.vision.image_size
+        if pixels.shape != (batch, 3, size, size):
+            raise ZooError(
+                f"expected {batch} image(s) of shape (3, {size}, {size}), one per prompt; got {tuple(pixels.shape)}"
+            )
+        # an artifact's runner has no nn.Module: its dtype is the manifest's
+        dtype = self.runner.dtype if hasattr(self.runner, "dtype") else next(self.runner.model.parameters()).dtype
+        pixels = pixels.to(self.runner.device, dtype)
+        if retrieved is None:
+            return pixels, None, None
+        if len(retrieved) != batch:
+            raise ZooError(f"retrieved captions for {len(retrieved)} prompts; expected one list per prompt ({batch})")
+        from zoo.models.revilm.model import pack_captions
+
+        return (pixels, *pack_captions(retrieved, self.config, self.runner.device))
+
     def needed_cache_length(self, longest_prompt: int, max_new_tokens: int) -> int:
         """The fewest cache slots a request needs: prompt and new tokens in one sequence, or, for an
         encoder-decoder model, the encoder input and the decoder tokens in caches sharing the slot axis."""
@@ -215,13 +248,13 @@ class Engine:
         """Resize a compressed cache to compressed_capacity (a copy only when the capacity changes)."""
         return runtime_state.CompressedCacheManager(self.runner, limit, CACHE_BUCKET).fit(state, after_prefill)
 
-    def warmup(self, prompts: list[list[int]], max_new_tokens: int) -> float:
+    def warmup(self, prompts: list[list[int]], max_new_tokens: int, **media) -> float:
         """Run the request's shapes once (this compiles the compiled backend's prefill and decode step);
-        returns the seconds it took."""
+        returns the seconds it took. `media`: the request's images= and retrieved=, if any."""
         start = time.perf_counter()
         longest = max(len(p) for p in prompts)
         self.generate_with_stats(
-            prompts, min(2, max_new_tokens), cache_length=self.cache_length(longest, max_new_tokens)
+            prompts, min(2, max_new_tokens), cache_length=self.cache_length(longest, max_new_tokens), **media
         )
         return time.perf_counter() - start
 
@@ -240,14 +273,19 @@ class Engine:
         seed: int | None = None,
         eos_token_id: int | list[int] | None = None,
         cache_length: int | None = None,
+        images: torch.Tensor | list[torch.Tensor] | None = None,
+        retrieved: list[list[list[int]]] | None = None,
     ) -> GenerationResult:
         """Generate up to max_new_tokens per prompt; a row stops after emitting an EOS id (kept in its output).
 
         cache_length: cache slots to allocate (default: longest prompt + max_new_tokens, bucketed for a
         runner with static decode shapes); for a compressed cache, the most it may grow to.
+        images: one pixel tensor (3, S, S) per prompt (a list, or one (B, 3, S, S) tensor) for a model that
+        reads images; retrieved: per prompt, the token ids of its retrieved captions (default: none).
         """
         eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
         self.check_request(prompts, max_new_tokens, eos)
+        media = self.media_inputs(len(prompts), images, retrieved)
         validate_sampling(temperature, top_k, top_p)
         runner = self.runner
         runner.prepare(len(prompts))
@@ -275,6 +313,8 @@ class Engine:
         state = runner.init_state(batch, longest if compressed else cache_length)
 
         result = GenerationResult(tokens=[[] for _ in prompts], start_time=time.perf_counter())
+        if media is not None:
+            state = runner.encode_media(*media, state)
         logits, state = runner.prefill(input_ids, lengths, state)
         if compressed:
             state = manager.fit(state, after_prefill=True)

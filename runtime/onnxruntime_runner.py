@@ -19,6 +19,13 @@ only copies its tokens and positions into their bound (batch,) buffers and runs.
   proportional to the cache); the tokens and positions (B int64 each) into their buffers; the prompt,
   whose shape changes per request, is bound afresh at each prefill.
 The logits returned by a step are the runner's buffer: valid until its next step.
+
+Media (revilm): an artifact of a model that reads images holds media.onnx (export/media.py), which the
+runner checks against the manifest (export.media.media_section: an artifact of such a model without it is
+refused) and loads as a third session. `encode_media` binds the request's pixels and captions and the
+state buffers of `init_state` as the media graph's outputs, so ONNX Runtime writes the media and caption
+keys and values straight into the state prefill then reads; `embed_image` and `embedding_model_id` are
+what runtime/retrieval.py needs to search an image index for the artifact.
 """
 
 import os
@@ -26,12 +33,14 @@ from pathlib import Path
 
 import torch
 
+from export.media import EMBEDDING, INPUT_NAMES, MEDIA_STATE_PREFIXES
 from runtime import state as runtime_state
 from zoo.errors import ZooError
 from zoo.nn.state import allocate_state
 
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 PHASES = {"prefill": ("input_ids", "lengths"), "decode": ("tokens", "positions")}
+MEDIA = "media"  # the session of the media graph (export/media.py), for an artifact that has one
 
 
 def numpy_dtype(dtype: torch.dtype):
@@ -56,10 +65,13 @@ class OnnxRuntimeRunner(runtime_state.ArtifactStateHooks):
 
         ort = require("onnxruntime", "onnx")
         from export.artifact import ArtifactError, verify
+        from export.media import media_section
 
         self.path = Path(path)
         self.manifest = verify(self.path)
         self.config, self.dtype, self.spec = runtime_state.artifact_config(self.path, self.manifest)
+        self.media = media_section(self.path, self.manifest, self.spec)
+        self.takes_media = self.media is not None
         for phase, first in PHASES.items():
             names = [record["name"] for record in self.manifest["graphs"].get(phase, {}).get("inputs", [])]
             if names[:2] != list(first):
@@ -72,8 +84,11 @@ class OnnxRuntimeRunner(runtime_state.ArtifactStateHooks):
         options = ort.SessionOptions()
         options.log_severity_level = 3  # no warnings about unused initializers and the like
         self.sessions = {}
-        for phase in PHASES:
-            file = self.path / self.manifest["graphs"][phase]["file"]
+        files = {phase: self.manifest["graphs"][phase]["file"] for phase in PHASES}
+        if self.takes_media:
+            files[MEDIA] = self.media["file"]
+        for phase, name in files.items():
+            file = self.path / name
             try:
                 self.sessions[phase] = ort.InferenceSession(str(file), options, providers=[self.provider])
             except Exception as exc:  # ORT raises several kinds (Fail, InvalidGraph, ...): report one line
@@ -112,6 +127,48 @@ class OnnxRuntimeRunner(runtime_state.ArtifactStateHooks):
         self._run("decode", self._decode_bindings[parity])
         self._spare = dict(state)
         return self._logits, dict(self._pair[1 - parity])
+
+    def encode_media(self, pixel_values, caption_ids, caption_lengths, state: dict[str, torch.Tensor]):
+        """The media graph on one image per row (B, 3, S, S) and its retrieved captions (B, K, Lc) / (B, K)
+        (None: an empty retrieval context), its outputs written into `state`'s media and caption buffers."""
+        if caption_ids is None:
+            caption_ids, caption_lengths = self.no_captions(pixel_values.shape[0])
+        outputs = {e.qualified_name: state[e.key] for e in self.spec if e.name.startswith(MEDIA_STATE_PREFIXES)}
+        self._run_media(pixel_values, caption_ids, caption_lengths, outputs)
+        return state
+
+    def embed_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The unit-norm image embedding (B, E) the retriever searches with: the media graph's first output."""
+        width = next(r["shape"][1] for r in self.media["outputs"] if r["name"] == EMBEDDING)
+        embedding = torch.empty(pixel_values.shape[0], width, dtype=torch.float32, device=self.device)
+        self._run_media(pixel_values, *self.no_captions(pixel_values.shape[0]), {EMBEDDING: embedding})
+        return embedding
+
+    def embedding_model_id(self) -> str:
+        """The id of the torch model's image embedding, as the export recorded it (an index built from that
+        model is recognised for this artifact)."""
+        return self.media["embedding_model_id"]
+
+    def no_captions(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every caption of length 0 (all masked), as RevilmLM.no_captions."""
+        c = self.config
+        ids = torch.zeros(batch, c.n_neighbors, c.neighbor_length, dtype=torch.int64, device=self.device)
+        return ids, torch.zeros(batch, c.n_neighbors, dtype=torch.int64, device=self.device)
+
+    def _run_media(self, pixel_values, caption_ids, caption_lengths, outputs: dict[str, torch.Tensor]) -> None:
+        """Run the media graph into the buffers `outputs` (graph name -> tensor; the other outputs are not
+        fetched)."""
+        binding = self.sessions[MEDIA].io_binding()
+        inputs = (  # bound by pointer: held here until the run
+            pixel_values.to(self.device, self.dtype).contiguous(),
+            caption_ids.to(self.device, torch.int64).contiguous(),
+            caption_lengths.to(self.device, torch.int64).contiguous(),
+        )
+        for name, tensor in zip(INPUT_NAMES, inputs, strict=True):
+            self._bind_input(binding, name, tensor)
+        for name, tensor in outputs.items():
+            self._bind_buffer(binding.bind_output, name, tensor)
+        self._run(MEDIA, binding)
 
     def resize_cache(self, state: dict[str, torch.Tensor], capacity: int) -> dict[str, torch.Tensor]:
         """New zero buffers with the old slots copied (the spare set follows at the next step)."""

@@ -11,6 +11,9 @@ Every runner provides
   `static_shapes` (the decode step is specialised per cache length, so the engine buckets cache lengths);
 - optionally `encoder_decoder` (default False): prompts are encoder inputs, and the first decode step feeds
   decoder position 1 (runtime/engine.py).
+- optionally `takes_media` (default False) and `encode_media(pixel_values, caption_ids, caption_lengths,
+  state)` -> state: a model that reads one image (and its retrieved captions) per prompt (revilm); the
+  engine calls it once per request, before prefill.
 
 TorchRunner runs the nn.Module eagerly, CompiledRunner under torch.compile with the zoo backend;
 runtime.onnxruntime_runner.OnnxRuntimeRunner and runtime.tensorrt_runner.TensorRTRunner run an exported
@@ -132,6 +135,7 @@ class TorchRunner:
         self.config = model.config
         self.compressed_cache = getattr(model, "compressed_cache", False)
         self.encoder_decoder = getattr(model, "encoder_decoder", False)
+        self.takes_media = getattr(model, "takes_media", False)
 
     @property
     def device(self) -> torch.device:
@@ -151,6 +155,10 @@ class TorchRunner:
 
     def decode_step(self, tokens, positions, state):
         return self._decode(tokens, positions, state)
+
+    def encode_media(self, pixel_values, caption_ids, caption_lengths, state):
+        """The media and retrieved-caption context of a request into `state`, eagerly (once per request)."""
+        return self.model.encode_media(pixel_values, caption_ids, caption_lengths, state)
 
     def cache_slots(self, state: dict) -> tuple[int, int]:
         return self.model.cache_slots(state)

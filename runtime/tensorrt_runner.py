@@ -3,7 +3,9 @@
 
 Checked first, each failure one line: TensorRT is installed, there is a CUDA GPU, the artifact is whole
 (export.artifact.verify: manifest format and version, the zoo ops, every file's size and sha256, the
-engines' too), and it holds engines (if not: the command that builds them). The config and the state
+engines' too), it is not of a model that reads images (revilm: its media graph, export/media.py, runs on
+the onnxruntime backend only, so the runner refuses the artifact rather than decode with no media state),
+and it holds engines (if not: the command that builds them). The config and the state
 spec come from the manifest; the engines' tensors are bound by the names of the manifest's graph records
 (`input_ids`, `state.k.0`, ..., `logits`, `new_state.k.0`, ...), checked against the engines' own.
 
@@ -68,6 +70,7 @@ class TensorRTRunner(runtime_state.ArtifactStateHooks):
                 "on the onnxruntime backend"
             )
         from export.artifact import ArtifactError, verify
+        from export.media import reads_media
         from export.tensorrt import build_command
 
         self.path = Path(path)
@@ -76,6 +79,11 @@ class TensorRTRunner(runtime_state.ArtifactStateHooks):
         if section is None:
             raise ArtifactError(
                 f"{self.path} is not a TensorRT export; export it with `zoo export MODEL --format tensorrt -o DIR`"
+            )
+        if reads_media(self.manifest):  # refused before the user builds its engines for nothing
+            raise ArtifactError(
+                f"{self.path} is a {self.manifest['family']} artifact: its media encoder graph runs on the "
+                f"onnxruntime backend only (`zoo run {self.path}`, Engine.load(DIR, backend='onnxruntime'))"
             )
         if not section.get("engines"):
             raise ArtifactError(

@@ -5,6 +5,7 @@ Nothing here unpickles arbitrary objects: safetensors, or torch files read with 
 ({"zoo_family": ..., "config": {...}}) and model.safetensors with the model's own parameter names.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -19,6 +20,15 @@ from zoo.errors import CheckpointError, OutputError
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+
+
+def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_config_json(path: str | os.PathLike) -> dict:

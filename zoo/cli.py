@@ -232,6 +232,94 @@ def generate_and_print(engine, source: str, prompts, max_new_tokens, sampling: d
     click.echo(timing, err=True)
 
 
+tp_option = click.option(
+    "--tp",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tensor-parallel degree: launch one process per rank with `torchrun --nproc-per-node P -m zoo ...` "
+    "(gloo on CPU, NCCL on GPUs; only rank 0 prints). Torch backend only.",
+)
+
+
+def tensor_parallel_model(name_or_path: str, tp: int, backend: str, dtype, seed: int):
+    """MODEL loaded on every rank and sharded for this one (zoo.parallel), after the launch checks."""
+    from runtime.distributed import init_tensor_parallel, print_on_main_only
+    from zoo.parallel import tensor_parallel
+    from zoo.registry import load_model
+
+    if backend != "torch":
+        raise ZooError(f"--tp runs on the torch backend (eager collectives); not on {backend}")
+    group, device = init_tensor_parallel(tp)
+    print_on_main_only()
+    return tensor_parallel(load_model(name_or_path, dtype=dtype, seed=seed, device=device), group)
+
+
+def media_options(command):
+    """--image, --index and --k (`zoo generate` and `zoo run`; media_request reads them)."""
+    for option in reversed(
+        [
+            click.option(
+                "--image",
+                "image_files",
+                multiple=True,
+                type=click.Path(dir_okay=False),
+                help="For a model that reads images (revilm): one image file per prompt, or one for all; repeatable.",
+            ),
+            click.option(
+                "--index",
+                "index_path",
+                type=click.Path(file_okay=False),
+                default=None,
+                help="An image index (`zoo index build`): each --image retrieves the captions of its nearest images.",
+            ),
+            click.option(
+                "--k",
+                "neighbors",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Captions retrieved per image [model's].",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def media_request(engine, image_files, index_path, neighbors, batch: int) -> dict:
+    """generate_with_stats' images= and retrieved= from --image, --index and --k ({} for a text request)."""
+    if not image_files:
+        if index_path is not None or neighbors is not None:
+            raise click.UsageError("--index and --k retrieve captions for an image: give --image too")
+        return {}
+    config = engine.config
+    if not getattr(engine.runner, "takes_media", False):
+        raise ZooError(f"the {config.family} family reads text only; --image is for a model that reads images (revilm)")
+    if len(image_files) not in (1, batch):
+        raise click.UsageError(f"give one --image per prompt ({batch}) or one for all; got {len(image_files)}")
+    from runtime.images import load_image
+
+    pixels = torch_stack([load_image(f, config.vision.image_size) for f in image_files], batch)
+    if index_path is None:
+        if config.retrieval_layers:
+            raise ZooError(
+                f"the {config.family} model cross-attends to retrieved captions: give --index (`zoo index build`)"
+            )
+        return {"images": pixels}
+    from runtime.retrieval import retrieve
+
+    embedder = getattr(engine.runner, "model", engine.runner)  # an artifact's runner embeds with its media graph
+    found = retrieve(embedder, index_path, pixels, neighbors or config.n_neighbors)
+    return {"images": pixels, "retrieved": [[n.caption_ids for n in row] for row in found]}
+
+
+def torch_stack(images: list, batch: int):
+    """(batch, ...) pixels from one image per prompt, or from one image repeated."""
+    import torch
+
+    pixels = torch.stack(images)
+    return pixels.expand(batch, *pixels.shape[1:]).contiguous() if len(images) == 1 else pixels
+
+
 @main.command("generate")
 @click.argument("model")
 @click.option("--prompt", "prompt_texts", multiple=True, help="Text (needs tokenizer.json in MODEL); repeatable.")
@@ -249,8 +337,25 @@ def generate_and_print(engine, source: str, prompts, max_new_tokens, sampling: d
     default=None,
     help="Default: the checkpoint's dtype (float32 for names).",
 )
+@tp_option
+@media_options
 def generate_command(
-    model, prompt_texts, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id, as_json, backend, dtype
+    model,
+    prompt_texts,
+    prompt_ids,
+    max_new_tokens,
+    temperature,
+    top_k,
+    top_p,
+    seed,
+    eos_id,
+    as_json,
+    backend,
+    dtype,
+    tp,
+    image_files,
+    index_path,
+    neighbors,
 ):
     """Generate from MODEL, a registered name (seeded random weights) or a checkpoint directory."""
     from runtime import Engine
@@ -261,15 +366,19 @@ def generate_command(
     validate_sampling(temperature, top_k, top_p)
     tokenizer = load_tokenizer(model) if prompt_texts else None
     prompts = parse_prompt_ids(prompt_ids) if prompt_ids else [tokenizer.encode(t).ids for t in prompt_texts]
-    engine = Engine.load(model, backend=backend, dtype=torch_dtype(dtype), seed=seed)
+    if tp is not None:
+        engine = Engine(tensor_parallel_model(model, tp, backend, torch_dtype(dtype), seed), "torch")
+    else:
+        engine = Engine.load(model, backend=backend, dtype=torch_dtype(dtype), seed=seed)
     engine.check_request(prompts, max_new_tokens, set(eos_id))  # before a slow compile
+    media = media_request(engine, image_files, index_path, neighbors, len(prompts))
     if backend == "compiled":
         with status_line("compiling prefill and decode step (torch.compile)", quiet=as_json):
-            seconds = engine.warmup(prompts, max_new_tokens)
+            seconds = engine.warmup(prompts, max_new_tokens, **media)
         if not as_json:
             click.echo(f"compiled prefill and decode step in {seconds:.1f} s", err=True)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, eos_token_id=list(eos_id) or None)
-    generate_and_print(engine, model, prompts, max_new_tokens, sampling, as_json, tokenizer)
+    generate_and_print(engine, model, prompts, max_new_tokens, sampling | media, as_json, tokenizer)
 
 
 @main.command("run")
@@ -283,9 +392,25 @@ def generate_command(
     "a GPU).",
 )
 @request_options(seed_help="Sampling seed.")
-def run_command(artifact, backend, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id, as_json):
+@media_options
+def run_command(
+    artifact,
+    backend,
+    prompt_ids,
+    max_new_tokens,
+    temperature,
+    top_k,
+    top_p,
+    seed,
+    eos_id,
+    as_json,
+    image_files,
+    index_path,
+    neighbors,
+):
     """Generate from ARTIFACT, a directory written by `zoo export`, on ONNX Runtime or TensorRT (checked first:
-    manifest version, zoo ops, every file's sha256). Output as `zoo generate`."""
+    manifest version, zoo ops, every file's sha256). Output as `zoo generate`; an image model's artifact
+    (revilm) takes --image and --index as there, and runs its media graph on ONNX Runtime."""
     from runtime import Engine
     from runtime.sampling import validate_sampling
 
@@ -296,8 +421,10 @@ def run_command(artifact, backend, prompt_ids, max_new_tokens, temperature, top_
     runtime_name = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}[backend]
     with status_line(f"loading {artifact} into {runtime_name}", quiet=as_json):
         engine = Engine.load_artifact(artifact, backend=backend)
+    engine.check_request(prompts, max_new_tokens, set(eos_id))  # before the retrieval
+    media = media_request(engine, image_files, index_path, neighbors, len(prompts))
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, eos_token_id=list(eos_id) or None)
-    generate_and_print(engine, artifact, prompts, max_new_tokens, sampling, as_json)
+    generate_and_print(engine, artifact, prompts, max_new_tokens, sampling | media, as_json)
 
 
 @main.command("upcycle")
@@ -333,6 +460,26 @@ def upcycle_command(source, experts, granularity, top_k, routing, seed, out, ove
         f"wrote {out}: {c.n_experts} experts of width {c.d_expert}, top-{c.top_k}, {c.routing}, "
         f"{c.num_params():,} parameters ({c.active_params():,} active per token)"
     )
+
+
+@main.command("reshard")
+@click.option(
+    "--from", "source", required=True, help="Megatron-Core checkpoint directory (mp_rank_00 .. mp_rank_{p-1})."
+)
+@click.option("--tp", type=click.IntRange(min=1), required=True, help="Tensor-parallel degree to write; 1 merges.")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="The checkpoint directory to write.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace a checkpoint that `zoo reshard` wrote at --out. Any other non-empty directory is refused.",
+)
+def reshard_command(source, tp, out, overwrite):
+    """Merge or re-shard a Megatron-Core tensor-parallel checkpoint (GPT, Llama-style or DMC) to --tp ranks,
+    written as OUT/release/mp_rank_XX/model_optim_rng.pt (loadable by every zoo command, also with --tp)."""
+    from zoo.parallel.megatron import reshard
+
+    path = reshard(source, tp, out, overwrite)
+    click.echo(f"wrote {path}: {tp} tensor-parallel rank{'s' if tp > 1 else ''}")
 
 
 @main.command("retrofit-dmc")
@@ -503,7 +650,12 @@ def export_command(model, format_, fused, dtype, max_batch, max_seq, quant, out,
 
         with status_line(f"exporting {model} to ONNX ({kind})", quiet=False):
             path = export_onnx(loaded, out, fused=fused, overwrite=overwrite, manifest_extra=manifest_extra)
-        click.echo(f"wrote {path}: {loaded.config.family} prefill.onnx and decode.onnx ({kind})")
+        graphs = (
+            "prefill.onnx, decode.onnx and media.onnx"
+            if getattr(loaded, "takes_media", False)
+            else "prefill.onnx and decode.onnx"
+        )
+        click.echo(f"wrote {path}: {loaded.config.family} {graphs} ({kind})")
         return
     from export.tensorrt import DEFAULT_MAX_BATCH, export_tensorrt
 
@@ -596,11 +748,18 @@ def name_list(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
     default=None,
     help="Write a PNG of TPOT curves and bars (its directory must exist; an existing file must be an earlier plot).",
 )
+@tp_option
 def bench_command(
-    target, backends, batch, prompt_len, gen_len, dtype, warmup, repeats, seed, compare, json_path, plot_path
+    target, backends, batch, prompt_len, gen_len, dtype, warmup, repeats, seed, compare, json_path, plot_path, tp
 ):
     """Latency grid for TARGET (a model name or checkpoint directory): TTFT, TPOT, ITL percentiles,
-    end-to-end latency, tokens/s, peak memory, cache bytes, a roofline bound and reference-machine times."""
+    end-to-end latency, tokens/s, peak memory, cache bytes, a roofline bound and reference-machine times.
+
+    With --tp P (under torchrun): per-rank weight and state bytes and the bytes the collectives move per
+    decode step, counted and analytic (benchmarks/tp_memory.py), for every point of the grid."""
+    if tp is not None:
+        tp_bench(target, backends, batch, prompt_len, gen_len, dtype, seed, compare, json_path, plot_path, tp)
+        return
     from rich.console import Console
     from rich.progress import Progress
 
@@ -626,6 +785,31 @@ def bench_command(
     if plot_path:
         plot(report, plot_path)
         console.print(f"wrote {plot_path}")
+
+
+def tp_bench(target, backends, batch, prompt_len, gen_len, dtype, seed, compare, json_path, plot_path, tp):
+    from benchmarks import tp_memory
+    from benchmarks.harness import check_outputs, write_json_atomically
+    from runtime.distributed import init_tensor_parallel, is_main_process, print_on_main_only
+
+    if backends != ("torch",) or compare or plot_path:
+        raise click.UsageError(
+            "--tp measures the torch backend's memory and collectives: no --backend, --compare, --plot"
+        )
+    if is_main_process():
+        check_outputs(json_path, None)
+    group, device = init_tensor_parallel(tp)
+    print_on_main_only()
+    report = [
+        tp_memory.measure(target, group, device, b, p, g, torch_dtype(dtype), seed)
+        for b in batch
+        for p in prompt_len
+        for g in gen_len
+    ]
+    print_table(f"zoo bench {target} --tp {tp} ({dtype}): per rank", tp_memory.COLUMNS, [*tp_memory.table_rows(report)])
+    if json_path and is_main_process():
+        write_json_atomically({"tensor_parallel": report}, json_path)
+        click.echo(f"wrote {json_path}", err=True)
 
 
 def print_bench_tables(report: dict) -> None:
@@ -720,6 +904,122 @@ def print_bench_tables(report: dict) -> None:
         console.print(ratios)
     for note in report.get("notes", []):
         console.print(f"note: {note}")
+
+
+@click.group("index")
+def index_group():
+    """Image indexes for retrieval (revilm): build one from a directory of images and a captions file, add
+    images without retraining, query it with an image."""
+
+
+def embedding_model_options(command):
+    for option in reversed(
+        [
+            click.option(
+                "--model",
+                default="revilm-tiny",
+                show_default=True,
+                help="The revilm model (name or checkpoint directory) whose vision tower embeds the images.",
+            ),
+            click.option("--seed", type=int, default=0, show_default=True, help="Random weights of a model name."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def database_options(command):
+    for option in reversed(
+        [
+            click.option("--images", "images_dir", required=True, type=click.Path(), help="Directory of image files."),
+            click.option(
+                "--captions",
+                "captions_file",
+                required=True,
+                type=click.Path(),
+                help='JSON object mapping each image file name to its caption: {"cat.png": "a cat", ...}.',
+            ),
+            click.option(
+                "--tokenizer",
+                "tokenizer_file",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help="tokenizer.json for the captions' token ids (default: UTF-8 bytes modulo the vocabulary).",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+@index_group.command("build")
+@database_options
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="The index directory to write.")
+@click.option(
+    "--index-type",
+    type=click.Choice(["auto", "flat", "ivf"]),
+    default="auto",
+    show_default=True,
+    help="auto: exact below 50,000 images, IVF from there.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an index this command wrote before.")
+@embedding_model_options
+def index_build_command(images_dir, captions_file, tokenizer_file, out, index_type, overwrite, model, seed):
+    """Embed every image of --images with MODEL's vision tower and write an index of them with their captions."""
+    from runtime.retrieval import build_index
+    from zoo.registry import load_model
+
+    embedder = load_model(model, seed=seed)
+    index = build_index(embedder, images_dir, captions_file, out, tokenizer_file, index_type, overwrite)
+    click.echo(f"indexed {len(index)} images ({index.meta['index_type']}, {index.meta['dim']} dims) into {out}")
+
+
+@index_group.command("add")
+@click.argument("index_path", metavar="INDEX")
+@database_options
+@embedding_model_options
+def index_add_command(index_path, images_dir, captions_file, tokenizer_file, model, seed):
+    """Add the images of --images and their captions to INDEX (no retraining; the same model and tokenizer)."""
+    from runtime.retrieval import add_to_index
+    from zoo.registry import load_model
+
+    index = add_to_index(load_model(model, seed=seed), index_path, images_dir, captions_file, tokenizer_file)
+    click.echo(f"{index_path} now holds {len(index)} images")
+
+
+@index_group.command("query")
+@click.argument("index_path", metavar="INDEX")
+@click.option("--image", "image_file", required=True, type=click.Path(dir_okay=False), help="The query image.")
+@click.option("--k", type=click.IntRange(min=1), default=4, show_default=True, help="Neighbours to return.")
+@click.option(
+    "--duplicate-threshold",
+    type=click.FloatRange(-1.0, 1.0),
+    default=0.98,
+    show_default=True,
+    help="Leave out neighbours whose cosine similarity to the query is above this (near-duplicates).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {id, score, caption}.")
+@embedding_model_options
+def index_query_command(index_path, image_file, k, duplicate_threshold, as_json, model, seed):
+    """The captions of the k images of INDEX nearest to --image (cosine similarity of CLIP embeddings)."""
+    from runtime.images import load_image
+    from runtime.retrieval import retrieve
+    from zoo.registry import load_model
+
+    embedder = load_model(model, seed=seed)
+    if not hasattr(embedder, "embed_image"):
+        raise ZooError(f"the {embedder.config.family} family has no image encoder; use a revilm model")
+    pixels = load_image(image_file, embedder.config.vision.image_size)[None]
+    neighbors = retrieve(embedder, index_path, pixels, k, duplicate_threshold)[0]
+    rows = [{"id": n.id, "score": n.score, "caption": n.caption} for n in neighbors]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        click.echo(f"{row['score']:.4f}  [{row['id']}] {row['caption']}")
+
+
+main.add_command(index_group)
 
 
 if __name__ == "__main__":

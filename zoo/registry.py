@@ -12,7 +12,6 @@ from zoo import checkpoint
 from zoo.config import ModelConfig
 from zoo.errors import CheckpointError, UnknownModelError, ZooError
 from zoo.models.dmc import config as dmc_config
-from zoo.models.dmc import megatron as dmc_megatron
 from zoo.models.dynpool import config as dynpool_config
 from zoo.models.dynpool.model import DynPoolLM
 from zoo.models.gpt import config as gpt_config
@@ -28,10 +27,13 @@ from zoo.models.mamba2 import convert_nemotron_h as nemotron_h_convert
 from zoo.models.mamba2.model import Mamba2LM
 from zoo.models.moe import config as moe_config
 from zoo.models.moe import convert as moe_convert
+from zoo.models.revilm import config as revilm_config
+from zoo.models.revilm.model import RevilmLM
 from zoo.models.t5 import config as t5_config
 from zoo.models.t5 import convert as t5_convert
 from zoo.models.t5.model import T5LM
 from zoo.nn.transformer import DecoderLM
+from zoo.parallel import megatron
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ register(
 register(Family("t5", t5_config.T5Config, T5LM, t5_config.SIZES, (t5_convert,)))
 register(Family("hourglass", hourglass_config.HourglassConfig, HourglassLM, hourglass_config.SIZES))
 register(Family("dynpool", dynpool_config.DynPoolConfig, DynPoolLM, dynpool_config.SIZES))
+register(Family("revilm", revilm_config.RevilmConfig, RevilmLM, revilm_config.SIZES))
 
 
 def get_config(name: str) -> ModelConfig:
@@ -140,10 +143,10 @@ def is_checkpoint_dir(name_or_path: str | os.PathLike) -> bool:
 
 def load_config(path: str | os.PathLike) -> tuple[ModelConfig, ModuleType | None]:
     """(config, HF converter or None for a zoo-format directory) from `path`/config.json, or from the args
-    inside a Megatron DMC checkpoint (converter: the dmc megatron module)."""
-    megatron_file = dmc_megatron.checkpoint_file(path)
-    if megatron_file is not None:
-        return dmc_megatron.read_config(megatron_file), dmc_megatron
+    inside a Megatron-Core checkpoint of any tensor-parallel degree (GPT, Llama-style or DMC; converter:
+    zoo.parallel.megatron, which merges the mp_rank_* shards)."""
+    if megatron.checkpoint_dir(path) is not None:
+        return megatron.read_config(path), megatron
     raw = checkpoint.read_config_json(path)
     if "zoo_family" in raw:
         family = FAMILIES.get(raw["zoo_family"])
@@ -169,8 +172,8 @@ def load_config(path: str | os.PathLike) -> tuple[ModelConfig, ModuleType | None
 
 def from_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, device="cpu"):
     """Load a checkpoint directory in a format some family imports (HF LlamaForCausalLM, GPT2LMHeadModel,
-    Mamba2ForCausalLM, NemotronHForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM, mamba_ssm, Megatron
-    DMC) or in the zoo format."""
+    Mamba2ForCausalLM, NemotronHForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM, mamba_ssm, Megatron-Core
+    GPT / Llama / DMC at any tensor-parallel degree) or in the zoo format."""
     config, converter = load_config(path)
     load_tensors = getattr(converter, "load_tensors", checkpoint.load_safetensors_dir)
     tensors = load_tensors(path)

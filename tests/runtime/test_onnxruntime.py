@@ -229,6 +229,23 @@ def test_load_errors_are_one_line(artifact_copy, tmp_path, monkeypatch):
     assert code == 1 and "pip install 'graph-zoo[onnx]'" in output and len(output.strip().splitlines()) == 1
 
 
+def test_a_text_artifact_takes_no_images(artifacts, tmp_path):
+    from PIL import Image
+
+    from runtime.retrieval import RetrievalError, retrieve
+
+    _, path = artifacts("llama-tiny", True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "im.png")
+    code, output = zoo_run(path, "--prompt-ids", "1,2", "--image", tmp_path / "im.png")
+    assert code == 1 and "the llama family reads text only" in output and len(output.strip().splitlines()) == 1
+    code, output = zoo_run(path, "--prompt-ids", "1,2", "--index", tmp_path)
+    assert code == 2 and "give --image too" in output
+    runner = Engine.load(path).runner
+    assert not runner.takes_media and "media" not in runner.manifest
+    with pytest.raises(RetrievalError, match="the llama family has no image encoder"):
+        retrieve(runner, tmp_path, torch.zeros(1, 3, 8, 8), 1)
+
+
 def replace_graph_consistently(path) -> None:
     """A decode.onnx that is not an ONNX model, with the manifest's size and sha256 updated to match."""
     from export.artifact import sha256_of

@@ -1,9 +1,11 @@
-"""NVIDIA's released DMC checkpoints (nvidia/Llama-2-*-DMC-*): Megatron-Core, tensor-parallel rank 0.
+"""NVIDIA's released DMC checkpoints (nvidia/Llama-2-*-DMC-*): Megatron-Core files, their DMC config, and the
+names and QKV layout shared with every Megatron-Core GPT model. zoo/parallel/megatron.py reads all
+tensor-parallel ranks, merges or re-shards them and converts the names (the registry's converter).
 
-Layout: DIR/[release|iter_N/]mp_rank_00/model_optim_rng.pt, a torch pickle of {"model": state dict,
-"args": argparse.Namespace, ...}. It is read with torch.load(weights_only=True), which builds tensors
-and plain containers only; argparse.Namespace is the one class allowed besides (the args it holds are
-plain values). Megatron-Core names (docs/algorithms.md §1.5):
+Layout: DIR/[release|iter_N/]mp_rank_00 .. mp_rank_{p-1}/model_optim_rng.pt, each a torch pickle of
+{"model": state dict, "args": argparse.Namespace, ...}. It is read with torch.load(weights_only=True), which
+builds tensors and plain containers only; argparse.Namespace is the one class allowed besides (the args it
+holds are plain values). Megatron-Core names (docs/algorithms.md §1.5):
 - decoder.layers.N.self_attention.linear_qkv.weight: interleaved per query group as
   [q heads of the group (G x D rows) | k (D) | v (D)];
 - ...linear_qkv.layer_norm_weight / mlp.linear_fc1.layer_norm_weight: the pre-attention / pre-MLP RMSNorm
@@ -13,16 +15,14 @@ plain values). Megatron-Core names (docs/algorithms.md §1.5):
 """
 
 import argparse
-import re
 from pathlib import Path
 
 import torch
 
-from zoo.checkpoint import load_weights_only, rename_keys
+from zoo.checkpoint import load_weights_only
 from zoo.errors import CheckpointError
 from zoo.models.dmc.config import DMCConfig
 
-FORMAT = "Megatron-Core DMC checkpoint (mp_rank_00/model_optim_rng.pt)"
 CHECKPOINT_FILE = "model_optim_rng.pt"
 
 _LAYER = r"decoder\.layers\.(\d+)\."
@@ -63,17 +63,11 @@ def read(file: Path) -> dict:
     return checkpoint
 
 
-def read_config(file: Path) -> DMCConfig:
-    """The model config of a Megatron checkpoint file, from the args stored in it."""
-    return config_from_args(read(file)["args"])
-
-
-def config_from_args(args: argparse.Namespace) -> DMCConfig:
+def decoder_fields(args: argparse.Namespace) -> dict:
+    """The config fields every Megatron GPT-style decoder shares, from its training args."""
     a = vars(args)
-    if not a.get("swiglu", False) or a.get("normalization", "RMSNorm") != "RMSNorm":
-        raise CheckpointError("only Llama-style Megatron models (--swiglu, RMSNorm) are imported")
     heads = a["num_attention_heads"]
-    return DMCConfig(
+    return dict(
         vocab_size=a.get("padded_vocab_size") or a["vocab_size"],
         d_model=a["hidden_size"],
         n_layers=a["num_layers"],
@@ -82,8 +76,17 @@ def config_from_args(args: argparse.Namespace) -> DMCConfig:
         d_ff=a["ffn_hidden_size"],
         max_seq_len=a.get("max_position_embeddings") or a.get("seq_length", 4096),
         norm_eps=a.get("norm_epsilon", 1e-5),
-        rope_theta=float(a.get("rotary_base", 10000)),
         tie_embeddings=not a.get("untie_embeddings_and_output_weights", False),
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> DMCConfig:
+    a = vars(args)
+    if not a.get("swiglu", False) or a.get("normalization", "RMSNorm") != "RMSNorm":
+        raise CheckpointError("only Llama-style Megatron models (--swiglu, RMSNorm) are imported")
+    return DMCConfig(
+        **decoder_fields(args),
+        rope_theta=float(a.get("rotary_base", 10000)),
         dmc_window=a.get("dmc_window_size", 12),
         dmc_init_val=float(a.get("dmc_init_val", 5.0)),
         dmc_target_cr=float(a.get("dmc_cr", 1.0)),
@@ -98,31 +101,3 @@ def split_qkv(weight: torch.Tensor, config: DMCConfig) -> tuple[torch.Tensor, to
     per_group = weight.view(groups, (G + 2) * D, -1)
     q, k, v = per_group.split([G * D, D, D], dim=1)
     return q.reshape(-1, weight.shape[1]), k.reshape(-1, weight.shape[1]), v.reshape(-1, weight.shape[1])
-
-
-def load_tensors(path) -> dict[str, torch.Tensor]:
-    """The rank-0 state dict of a Megatron checkpoint directory, its tensors memory-mapped."""
-    file = checkpoint_file(path)
-    tensors = read(file)["model"]
-    if not any(re.match(_LAYER + r"self_attention\.linear_qkv\.weight", key) for key in tensors):
-        raise CheckpointError(f"{file}: no Megatron-Core decoder layers found (decoder.layers.N.self_attention...)")
-    return tensors
-
-
-def state_dict_from_hf(tensors: dict[str, torch.Tensor], config: DMCConfig):
-    """(zoo state dict, keys no rule maps) from Megatron-Core tensors (the converter interface that
-    registry.from_pretrained calls, named after its HF converters)."""
-    renamed, unexpected = rename_keys(tensors, RULES, IGNORED)
-    state = {}
-    for key, tensor in renamed.items():
-        if key.endswith(".attn.linear_qkv"):
-            prefix = key[: -len("linear_qkv")]
-            for name, part in zip("qkv", split_qkv(tensor, config)):
-                state[f"{prefix}w{name}.weight"] = part.contiguous()
-        elif key.endswith(".mlp.linear_fc1"):
-            gate, up = tensor.chunk(2, dim=0)
-            prefix = key[: -len("linear_fc1")]
-            state[prefix + "w_gate.weight"], state[prefix + "w_up.weight"] = gate.contiguous(), up.contiguous()
-        else:
-            state[key] = tensor
-    return state, unexpected

@@ -264,7 +264,8 @@ class DynPoolLM(nn.Module):
 
     def state_spec(self) -> list[StateEntry]:
         c = self.config
-        H, D, P = c.n_heads, c.head_dim, c.n_pre
+        attn = self.layers[0].attn  # its head count is local when the model is tensor-parallel
+        H, D, P = attn.n_heads, attn.head_dim, c.n_pre
         kv, null = ("batch", H, "cache", D), ("batch", H, D)
         spec = []
         for i in range(c.n_layers):
