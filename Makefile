@@ -33,10 +33,11 @@ demo: $(VENV)/.onnx-installed
 	$(BIN)/python -m runtime.demo --model llama-small --out bench-out/demo-artifact --max-new-tokens 24
 	$(BIN)/zoo run bench-out/demo-artifact --prompt-ids 1,15,29,7,400 --prompt-ids 9,3 --max-new-tokens 24
 
-# Two pytest-xdist workers (one torch thread each, tests/conftest.py), each file on one worker; the slowest
-# tests are listed at the end.
+# Two pytest-xdist workers (one torch thread each, tests/conftest.py), each file on one worker (its module
+# fixtures built once); the exported tiny families are shared by the workers (tests/export/conftest.py).
+# The slowest tests are listed at the end.
 test: $(VENV)/.dev-installed
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m benchmarks.decode_vs_hf

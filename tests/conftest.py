@@ -84,22 +84,9 @@ def _missing(marker: str) -> str | None:
     return None
 
 
-# Module- and session-scoped fixtures (exported artifacts, captured programs) are built once per pytest-xdist
-# worker: `make test` runs `--dist loadgroup`, and each file is one group, so a file's module fixtures are
-# built once; the files that share the session's exported tiny families form one group of their own.
-SHARED_SESSION_FIXTURES = ("fused_artifacts",)
-
-
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` or `tensorrt` skip, with the reason, where the machine lacks what they need; each
-    test joins the xdist group of its file (or of the session fixture it shares with other files)."""
-    group_of_file = {}
+    """Tests marked `gpu` or `tensorrt` skip, with the reason, where the machine lacks what they need."""
     for item in items:
-        file = item.nodeid.split("::")[0]
-        shared = [name for name in SHARED_SESSION_FIXTURES if name in getattr(item, "fixturenames", ())]
-        group_of_file[file] = shared[0] if shared else group_of_file.get(file, file)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group_of_file[item.nodeid.split("::")[0]]))
         for marker in ("gpu", "tensorrt"):
             reason = item.get_closest_marker(marker) and _missing(marker)
             if reason:
