@@ -170,37 +170,34 @@ def load_tokenizer(path: str):
         raise ZooError(f"{tokenizer_file} is not a valid tokenizers file: {str(exc).splitlines()[0]}") from exc
 
 
-def request_options(seed_help: str):
-    """The options `generate` and `run` share: prompts as ids, length, sampling, EOS, JSON output."""
+def option_group(*options):
+    """A decorator applying click options in the order listed (as if stacked top to bottom)."""
 
     def decorate(command):
-        for option in reversed(
-            [
-                click.option("--prompt-ids", multiple=True, help="Comma-separated token ids; repeat for a batch."),
-                click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1)),
-                click.option(
-                    "--temperature", default=0.0, show_default=True, type=float, help="0 is greedy; must be >= 0."
-                ),
-                click.option("--top-k", type=int, default=None, help="Sample from the k most likely tokens (k >= 1)."),
-                click.option(
-                    "--top-p",
-                    type=float,
-                    default=None,
-                    help="Nucleus sampling: the smallest set with mass >= p, p in (0, 1].",
-                ),
-                click.option("--seed", type=int, default=0, show_default=True, help=seed_help),
-                click.option(
-                    "--eos-id", type=int, multiple=True, help="Stop a prompt after this token id; repeatable."
-                ),
-                click.option(
-                    "--json", "as_json", is_flag=True, help="Print a JSON object with the tokens and timings."
-                ),
-            ]
-        ):
+        for option in reversed(options):
             command = option(command)
         return command
 
     return decorate
+
+
+def request_options(seed_help: str):
+    """The options `generate` and `run` share: prompts as ids, length, sampling, EOS, JSON output."""
+    return option_group(
+        click.option("--prompt-ids", multiple=True, help="Comma-separated token ids; repeat for a batch."),
+        click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1)),
+        click.option("--temperature", default=0.0, show_default=True, type=float, help="0 is greedy; must be >= 0."),
+        click.option("--top-k", type=int, default=None, help="Sample from the k most likely tokens (k >= 1)."),
+        click.option(
+            "--top-p",
+            type=float,
+            default=None,
+            help="Nucleus sampling: the smallest set with mass >= p, p in (0, 1].",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True, help=seed_help),
+        click.option("--eos-id", type=int, multiple=True, help="Stop a prompt after this token id; repeatable."),
+        click.option("--json", "as_json", is_flag=True, help="Print a JSON object with the tokens and timings."),
+    )
 
 
 def generate_and_print(engine, source: str, prompts, max_new_tokens, sampling: dict, as_json: bool, tokenizer=None):
@@ -254,35 +251,30 @@ def tensor_parallel_model(name_or_path: str, tp: int, backend: str, dtype, seed:
     return tensor_parallel(load_model(name_or_path, dtype=dtype, seed=seed, device=device), group)
 
 
-def media_options(command):
-    """--image, --index and --k (`zoo generate` and `zoo run`; media_request reads them)."""
-    for option in reversed(
-        [
-            click.option(
-                "--image",
-                "image_files",
-                multiple=True,
-                type=click.Path(dir_okay=False),
-                help="For a model that reads images (revilm): one image file per prompt, or one for all; repeatable.",
-            ),
-            click.option(
-                "--index",
-                "index_path",
-                type=click.Path(file_okay=False),
-                default=None,
-                help="An image index (`zoo index build`): each --image retrieves the captions of its nearest images.",
-            ),
-            click.option(
-                "--k",
-                "neighbors",
-                type=click.IntRange(min=1),
-                default=None,
-                help="Captions retrieved per image [model's].",
-            ),
-        ]
-    ):
-        command = option(command)
-    return command
+# --image, --index and --k (`zoo generate` and `zoo run`; media_request reads them).
+media_options = option_group(
+    click.option(
+        "--image",
+        "image_files",
+        multiple=True,
+        type=click.Path(dir_okay=False),
+        help="For a model that reads images (revilm): one image file per prompt, or one for all; repeatable.",
+    ),
+    click.option(
+        "--index",
+        "index_path",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="An image index (`zoo index build`): each --image retrieves the captions of its nearest images.",
+    ),
+    click.option(
+        "--k",
+        "neighbors",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Captions retrieved per image [model's].",
+    ),
+)
 
 
 def media_request(engine, image_files, index_path, neighbors, batch: int) -> dict:
@@ -912,44 +904,34 @@ def index_group():
     images without retraining, query it with an image."""
 
 
-def embedding_model_options(command):
-    for option in reversed(
-        [
-            click.option(
-                "--model",
-                default="revilm-tiny",
-                show_default=True,
-                help="The revilm model (name or checkpoint directory) whose vision tower embeds the images.",
-            ),
-            click.option("--seed", type=int, default=0, show_default=True, help="Random weights of a model name."),
-        ]
-    ):
-        command = option(command)
-    return command
+embedding_model_options = option_group(
+    click.option(
+        "--model",
+        default="revilm-tiny",
+        show_default=True,
+        help="The revilm model (name or checkpoint directory) whose vision tower embeds the images.",
+    ),
+    click.option("--seed", type=int, default=0, show_default=True, help="Random weights of a model name."),
+)
 
 
-def database_options(command):
-    for option in reversed(
-        [
-            click.option("--images", "images_dir", required=True, type=click.Path(), help="Directory of image files."),
-            click.option(
-                "--captions",
-                "captions_file",
-                required=True,
-                type=click.Path(),
-                help='JSON object mapping each image file name to its caption: {"cat.png": "a cat", ...}.',
-            ),
-            click.option(
-                "--tokenizer",
-                "tokenizer_file",
-                type=click.Path(dir_okay=False),
-                default=None,
-                help="tokenizer.json for the captions' token ids (default: UTF-8 bytes modulo the vocabulary).",
-            ),
-        ]
-    ):
-        command = option(command)
-    return command
+database_options = option_group(
+    click.option("--images", "images_dir", required=True, type=click.Path(), help="Directory of image files."),
+    click.option(
+        "--captions",
+        "captions_file",
+        required=True,
+        type=click.Path(),
+        help='JSON object mapping each image file name to its caption: {"cat.png": "a cat", ...}.',
+    ),
+    click.option(
+        "--tokenizer",
+        "tokenizer_file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="tokenizer.json for the captions' token ids (default: UTF-8 bytes modulo the vocabulary).",
+    ),
+)
 
 
 @index_group.command("build")
