@@ -14,7 +14,6 @@ import types
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import zoo
 from export.artifact import ArtifactError, verify
@@ -22,23 +21,11 @@ from runtime import Engine
 from runtime.images import load_image
 from runtime.retrieval import retrieve
 from tests.conftest import informative_weights
-from zoo.cli import main
+from tests.test_bad_inputs import assert_error, cli
 from zoo.errors import ZooError
 
 PROMPTS = [[1, 2, 3, 4, 5, 6, 7], [9], [40, 41, 42]]  # different lengths, one image each
 NEW_TOKENS = 5
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    line = result.output.strip()
-    assert line.startswith("Error:") and "\n" not in line, line
-    for fragment in fragments:
-        assert fragment in line, line
 
 
 @pytest.fixture(scope="module")
@@ -128,10 +115,10 @@ def test_zoo_run_with_an_index_equals_zoo_generate(media_artifact):
 def test_zoo_run_media_errors(media_artifact, tmp_path):
     _, _, path, index, images = media_artifact
     run = ["run", path, "--prompt-ids", "1,2"]
-    assert_one_line_error(cli(*run), "needs one image per prompt")
-    assert_one_line_error(cli(*run, "--image", images[0]), "give --index")
-    assert_one_line_error(cli(*run, "--image", images[0], "--index", index, "--k", 3), "reads at most 2")
-    assert_one_line_error(cli(*run, "--image", images[0], "--index", tmp_path / "none"), "no such index directory")
+    assert_error(cli(*run), "needs one image per prompt")
+    assert_error(cli(*run, "--image", images[0]), "give --index")
+    assert_error(cli(*run, "--image", images[0], "--index", index, "--k", 3), "reads at most 2")
+    assert_error(cli(*run, "--image", images[0], "--index", tmp_path / "none"), "no such index directory")
     usage = cli(*run, "--index", index)
     assert usage.exit_code == 2 and "give --image too" in usage.output
     # an index of another embedding model: revilm-tiny's seeded random weights, not the exported checkpoint's
@@ -140,7 +127,7 @@ def test_zoo_run_media_errors(media_artifact, tmp_path):
     assert (
         cli("index", "build", "--images", db, "--captions", index.parent / "captions.json", "-o", other).exit_code == 0
     )
-    assert_one_line_error(cli(*run, "--image", images[0], "--index", other), "another embedding model")
+    assert_error(cli(*run, "--image", images[0], "--index", other), "another embedding model")
 
 
 def edited_copy(path, destination, edit):
@@ -165,7 +152,7 @@ def test_an_artifact_without_a_whole_media_graph_is_refused(media_artifact, tmp_
     with pytest.raises(ArtifactError, match=message) as error:
         Engine.load(copy)
     assert "\n" not in str(error.value)
-    assert_one_line_error(cli("run", copy, "--prompt-ids", "1", "--image", media_artifact[4][0]), message)
+    assert_error(cli("run", copy, "--prompt-ids", "1", "--image", media_artifact[4][0]), message)
 
 
 def test_the_tensorrt_runner_refuses_a_media_artifact(media_artifact, monkeypatch, tmp_path):

@@ -5,12 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import zoo
 from runtime.retrieval import INDEX_FILE, META_FILE, ImageIndex, RetrievalError
 from tests.conftest import informative_weights
-from zoo.cli import main
+from tests.test_bad_inputs import assert_error, cli
 
 
 def clustered(n: int, dim: int, clusters: int, seed: int = 0, spread: float = 0.3) -> np.ndarray:
@@ -127,11 +126,6 @@ def database(tmp_path_factory):
     return root
 
 
-def cli(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result
-
-
 def test_index_build_query_add_and_generate(database, tmp_path):
     model = database / "model"
     out = tmp_path / "idx"
@@ -181,34 +175,31 @@ def test_index_and_image_errors(database, tmp_path):
     assert cli("index", "build", *db, "-o", out, "--model", model).exit_code == 0
     image = ["--image", database / "db" / "im0.png"]
 
-    def error(result, *fragments):
-        assert result.exit_code == 1, result.output
-        line = result.output.strip()
-        assert line.startswith("Error:") and "\n" not in line, line
-        for fragment in fragments:
-            assert fragment in line, line
-
-    error(cli("index", "query", tmp_path / "none", *image, "--model", model), "no such index directory")
-    error(cli("index", "query", out, *image), "another embedding model")  # seeded random weights, not the checkpoint
-    error(
+    assert_error(cli("index", "query", tmp_path / "none", *image, "--model", model), "no such index directory")
+    assert_error(
+        cli("index", "query", out, *image), "another embedding model"
+    )  # seeded random weights, not the checkpoint
+    assert_error(
         cli("index", "query", out, "--image", database / "broken.png", "--model", model), "cannot read", "as an image"
     )
-    error(cli("index", "query", out, "--image", tmp_path / "nope.png", "--model", model), "no such image file")
-    error(cli("index", "query", out, *image, "--model", "llama-tiny"), "no image encoder")
-    error(cli("index", "build", *db, "-o", out, "--model", model), "pass --overwrite")
-    error(cli("index", "build", "--images", database / "db", "--captions", database / "more.json", "-o", tmp_path / "x",
-              "--model", model), "no caption for 9 image(s)")  # fmt: skip
-    error(cli("index", "build", "--images", tmp_path, "--captions", database / "more.json", "-o", tmp_path / "y"),
-          "holds no image files")  # fmt: skip
-    error(cli("index", "add", out, *db[:2], "--captions", database / "captions.json"), "another embedding model")
+    assert_error(cli("index", "query", out, "--image", tmp_path / "nope.png", "--model", model), "no such image file")
+    assert_error(cli("index", "query", out, *image, "--model", "llama-tiny"), "no image encoder")
+    assert_error(cli("index", "build", *db, "-o", out, "--model", model), "pass --overwrite")
+    more = ["--captions", database / "more.json"]
+    assert_error(
+        cli("index", "build", "--images", database / "db", *more, "-o", tmp_path / "x", "--model", model),
+        "no caption for 9 image(s)",
+    )
+    assert_error(cli("index", "build", "--images", tmp_path, *more, "-o", tmp_path / "y"), "holds no image files")
+    assert_error(cli("index", "add", out, *db[:2], "--captions", database / "captions.json"), "another embedding model")
 
     generate = ["generate", model, "--prompt-ids", "1,2"]
-    error(cli(*generate, *image), "give --index")
-    error(cli(*generate), "needs one image per prompt")
-    error(cli(*generate, *image, "--index", tmp_path / "none"), "no such index directory")
-    error(cli(*generate, "--image", database / "broken.png", "--index", out), "as an image")
-    error(cli(*generate, *image, "--index", out, "--k", 3), "reads at most 2")
-    error(cli("generate", "llama-tiny", "--prompt-ids", "1,2", *image), "reads text only")
+    assert_error(cli(*generate, *image), "give --index")
+    assert_error(cli(*generate), "needs one image per prompt")
+    assert_error(cli(*generate, *image, "--index", tmp_path / "none"), "no such index directory")
+    assert_error(cli(*generate, "--image", database / "broken.png", "--index", out), "as an image")
+    assert_error(cli(*generate, *image, "--index", out, "--k", 3), "reads at most 2")
+    assert_error(cli("generate", "llama-tiny", "--prompt-ids", "1,2", *image), "reads text only")
     usage = cli(*generate, "--index", out)
     assert usage.exit_code == 2 and "give --image too" in usage.output
     usage = cli(*generate, *image, *image, *image, "--index", out)
