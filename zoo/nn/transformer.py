@@ -153,6 +153,14 @@ def init_normal(module: nn.Module, std: float) -> bool:
     return True
 
 
+def init_submodules(model: nn.Module, std: float) -> None:
+    """Every Linear and Embedding of `model` by init_normal; every other submodule by its own
+    reset_parameters (norm weights 1)."""
+    for module in model.modules():
+        if not init_normal(module, std) and module is not model and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
 class DecoderLM(nn.Module):
     def __init__(self, config: DecoderConfig):
         super().__init__()
@@ -168,10 +176,7 @@ class DecoderLM(nn.Module):
 
     def reset_parameters(self):
         """Linear and embedding weights ~ N(0, init_std), biases 0, norm weights 1."""
-        for module in self.modules():
-            if not init_normal(module, self.config.init_std) and module is not self:
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
+        init_submodules(self, self.config.init_std)
 
     def embed_tokens(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         x = self.embed(input_ids)

@@ -44,7 +44,7 @@ from zoo.nn.shortening import (
     write_prefix,
 )
 from zoo.nn.state import StateEntry, allocate_state, layer_view, state_spec
-from zoo.nn.transformer import DecoderBlock, init_normal
+from zoo.nn.transformer import DecoderBlock, init_submodules
 
 POOLINGS = {"average": AveragePooling, "linear": LinearPooling}
 UPSAMPLINGS = {"repeat": RepeatUpsampling, "linear": LinearUpsampling}
@@ -226,10 +226,7 @@ class HourglassLM(nn.Module):
 
     def reset_parameters(self):
         """Linear and embedding weights ~ N(0, init_std), biases 0, norm weights 1."""
-        for module in self.modules():
-            if not init_normal(module, self.config.init_std) and module is not self:
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
+        init_submodules(self, self.config.init_std)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """The top stack ends with its norm, so h goes straight to the head."""
