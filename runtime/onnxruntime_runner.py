@@ -36,6 +36,7 @@ import torch
 from export.media import EMBEDDING, INPUT_NAMES, MEDIA_STATE_PREFIXES
 from runtime import state as runtime_state
 from zoo.errors import ZooError
+from zoo.models.revilm.model import no_captions
 from zoo.nn.state import allocate_state
 
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -132,7 +133,7 @@ class OnnxRuntimeRunner(runtime_state.ArtifactStateHooks):
         """The media graph on one image per row (B, 3, S, S) and its retrieved captions (B, K, Lc) / (B, K)
         (None: an empty retrieval context), its outputs written into `state`'s media and caption buffers."""
         if caption_ids is None:
-            caption_ids, caption_lengths = self.no_captions(pixel_values.shape[0])
+            caption_ids, caption_lengths = no_captions(self.config, pixel_values.shape[0], self.device)
         outputs = {e.qualified_name: state[e.key] for e in self.spec if e.name.startswith(MEDIA_STATE_PREFIXES)}
         self._run_media(pixel_values, caption_ids, caption_lengths, outputs)
         return state
@@ -141,19 +142,14 @@ class OnnxRuntimeRunner(runtime_state.ArtifactStateHooks):
         """The unit-norm image embedding (B, E) the retriever searches with: the media graph's first output."""
         width = next(r["shape"][1] for r in self.media["outputs"] if r["name"] == EMBEDDING)
         embedding = torch.empty(pixel_values.shape[0], width, dtype=torch.float32, device=self.device)
-        self._run_media(pixel_values, *self.no_captions(pixel_values.shape[0]), {EMBEDDING: embedding})
+        captions = no_captions(self.config, pixel_values.shape[0], self.device)
+        self._run_media(pixel_values, *captions, {EMBEDDING: embedding})
         return embedding
 
     def embedding_model_id(self) -> str:
         """The id of the torch model's image embedding, as the export recorded it (an index built from that
         model is recognised for this artifact)."""
         return self.media["embedding_model_id"]
-
-    def no_captions(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every caption of length 0 (all masked), as RevilmLM.no_captions."""
-        c = self.config
-        ids = torch.zeros(batch, c.n_neighbors, c.neighbor_length, dtype=torch.int64, device=self.device)
-        return ids, torch.zeros(batch, c.n_neighbors, dtype=torch.int64, device=self.device)
 
     def _run_media(self, pixel_values, caption_ids, caption_lengths, outputs: dict[str, torch.Tensor]) -> None:
         """Run the media graph into the buffers `outputs` (graph name -> tensor; the other outputs are not

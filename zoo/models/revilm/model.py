@@ -107,12 +107,6 @@ class RevilmLM(nn.Module):
         encoded = self.caption_encoder(self.lm.embed(caption_ids.reshape(B * K, Lc)), mask.reshape(B * K, Lc))
         return encoded.reshape(B, K * Lc, -1), mask.reshape(B, K * Lc)
 
-    def no_captions(self, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """An empty retrieval context: every caption token masked (the retrieval blocks' attention adds 0)."""
-        c = self.config
-        ids = torch.zeros(batch, c.n_neighbors, c.neighbor_length, dtype=torch.long, device=device)
-        return ids, torch.zeros(batch, c.n_neighbors, dtype=torch.long, device=device)
-
     def context_keys_values(self, latents, caption_ids, caption_lengths) -> dict[str, torch.Tensor]:
         """The cross-attention keys and values (under their state keys) of media tokens and captions."""
         kv = {}
@@ -153,7 +147,7 @@ class RevilmLM(nn.Module):
         n_images = pixel_values.shape[1]
         latents = self.media_latents(pixel_values.flatten(0, 1)).reshape(B, n_images * self.config.n_latents, -1)
         if caption_ids is None:
-            caption_ids, caption_lengths = self.no_captions(B, input_ids.device)
+            caption_ids, caption_lengths = no_captions(self.config, B, input_ids.device)
         kv = self.context_keys_values(latents, caption_ids, caption_lengths)
         media_visible = media_visibility(media_locations, n_images, self.config.n_latents)
         retrieved_visible = self.retrieved_visibility(kv)
@@ -196,7 +190,7 @@ class RevilmLM(nn.Module):
         """One image per row (B, 3, S, S) and its retrieved captions (B, K, Lc) / (B, K) (None: none): the
         media and caption keys and values, computed once, into the state (module docstring)."""
         if caption_ids is None:
-            caption_ids, caption_lengths = self.no_captions(pixel_values.shape[0], pixel_values.device)
+            caption_ids, caption_lengths = no_captions(self.config, pixel_values.shape[0], pixel_values.device)
         for key, tensor in self.context_keys_values(
             self.media_latents(pixel_values), caption_ids, caption_lengths
         ).items():
@@ -227,6 +221,13 @@ class RevilmLM(nn.Module):
             x = self.cross_attend(i, x, state, media_visible, retrieved_visible)
             x = layer.decode(x, positions, rope, layer_view(state, layer.attn.state_names, i))
         return self.lm.logits(x[:, 0]), state
+
+
+def no_captions(config: RevilmConfig, batch: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """An empty retrieval context (caption_ids (B, K, Lc), caption_lengths (B, K)): every caption token
+    masked, so the retrieval blocks' attention adds 0."""
+    ids = torch.zeros(batch, config.n_neighbors, config.neighbor_length, dtype=torch.long, device=device)
+    return ids, torch.zeros(batch, config.n_neighbors, dtype=torch.long, device=device)
 
 
 def pack_captions(retrieved: list[list[list[int]]], config: RevilmConfig, device=None):
