@@ -97,9 +97,10 @@ def check_plugin_op_type(name: str) -> str:
     return camel
 
 
-def register_plugin_schema(op) -> None:
-    """The op's zoo schema (export.onnx_ops.register_schema) with the optional plugin attributes added, so
-    that onnx.checker accepts the TensorRT-ready nodes (and still accepts the ONNX Runtime graphs)."""
+def register_plugin_schema(op, workspace: int = 0) -> None:
+    """The op's zoo schema (export.onnx_ops.register_schema) with the optional plugin attributes added, and
+    `workspace` optional outputs after the op's (the plugin's workspace, zoo.ops.tensorrt_plugin), so that
+    onnx.checker accepts the TensorRT-ready nodes (and still accepts the ONNX Runtime graphs)."""
     import onnx
 
     from export.onnx_ops import register_schema
@@ -107,7 +108,8 @@ def register_plugin_schema(op) -> None:
     register_schema(op)
     name = check_plugin_op_type(op.name)
     schema = onnx.defs.get_schema(name, op.version, DOMAIN)
-    if all(key in schema.attributes for key in PLUGIN_ATTRIBUTES):
+    n_outputs = len(op.overload._schema.returns)
+    if all(key in schema.attributes for key in PLUGIN_ATTRIBUTES) and len(schema.outputs) == n_outputs + workspace:
         return
     S = onnx.defs.OpSchema
     sizes = size_arguments(op)
@@ -126,7 +128,11 @@ def register_plugin_schema(op) -> None:
             S.FormalParameter(p.name, p.type_str, param_option=optional if p.name in sizes else p.option)
             for p in schema.inputs
         ],
-        outputs=[S.FormalParameter(p.name, p.type_str, param_option=p.option) for p in schema.outputs],
+        outputs=[
+            *(S.FormalParameter(p.name, p.type_str, param_option=p.option) for p in schema.outputs[:n_outputs]),
+            # a workspace is an fp32 scratch buffer (mamba2_decode_step's gate row)
+            *(S.FormalParameter(f"workspace{i}", "tensor(float)", param_option=optional) for i in range(workspace)),
+        ],
         type_constraints=[
             (c.type_param_str, list(c.allowed_type_strs), c.description) for c in schema.type_constraints
         ],
@@ -147,12 +153,17 @@ def plugin_schemas(proto):
     from export.onnx_ops import register_schema
 
     ops = zoo_ops_by_type()
-    used = {node.op_type: ops[node.op_type] for node in proto.graph.node if node.domain == DOMAIN}
+    workspace = {}  # op type -> the most outputs a node lists beyond the op's
+    for node in proto.graph.node:
+        if node.domain == DOMAIN:
+            extra = len(node.output) - len(ops[node.op_type].overload._schema.returns)
+            workspace[node.op_type] = max(workspace.get(node.op_type, 0), extra)
     plain = []
-    for name, op in used.items():
+    for name, extra in workspace.items():
+        op = ops[name]
         register_schema(op)
         plain.append(onnx.defs.get_schema(name, op.version, DOMAIN))
-        register_plugin_schema(op)
+        register_plugin_schema(op, extra)
     try:
         yield
     finally:
@@ -172,7 +183,7 @@ def size_arguments(op) -> list[str]:
     return [name for op_name, name in SIZE_INPUTS if op_name == op.name]
 
 
-def tensorrt_onnx(proto, cache_capacity: int, jit_ops: frozenset = frozenset()):
+def tensorrt_onnx(proto, cache_capacity: int, jit_ops: frozenset = frozenset(), workspace: dict | None = None):
     """A copy of a fused graph for TensorRT's ONNX parser, and whether it needs a static cache length.
 
     Every zoo node gets the plugin attributes and loses its overload; the zoo's local functions are dropped
@@ -182,7 +193,8 @@ def tensorrt_onnx(proto, cache_capacity: int, jit_ops: frozenset = frozenset()):
     attribute, `cache_capacity`: TensorRT's Python plugins take sizes as attributes only, so such a graph's
     engine is built for that one cache length. A plugin has no optional inputs: an absent one is refused.
     `aot` is 0 for the ops in `jit_ops` (plugins with a JIT implementation only: their engine runs them
-    through Python)."""
+    through Python). `workspace` {op name: names} lists a plugin's workspace outputs, which its nodes gain
+    after the op's outputs as "<first output>_<name>" (nothing reads them)."""
     import onnx
     from onnx import helper
 
@@ -215,6 +227,7 @@ def tensorrt_onnx(proto, cache_capacity: int, jit_ops: frozenset = frozenset()):
         del node.input[:], node.attribute[:]
         node.input.extend(inputs)
         node.attribute.extend(attributes)
+        node.output.extend(f"{node.output[0]}_{name}" for name in (workspace or {}).get(op.name, ()))
     functions = [f for f in model.functions if f.domain != DOMAIN]
     del model.functions[:]
     model.functions.extend(functions)
@@ -346,6 +359,14 @@ def plugin_implementations(module) -> dict[str, str]:
     if module is None or not hasattr(module, "plugins"):
         return {}
     return {name: "aot" if plugin.aot is not None else "jit" for name, plugin in module.plugins().items()}
+
+
+def plugin_workspace(module) -> dict[str, tuple[str, ...]]:
+    """{zoo op: the names of its plugin's workspace outputs} for the plugins that declare some."""
+    if module is None or not hasattr(module, "plugins"):
+        return {}
+    found = {name: tuple(n for n, _ in plugin.workspace) for name, plugin in module.plugins().items()}
+    return {name: names for name, names in found.items() if names}
 
 
 def value_specs(graph) -> dict[str, dict]:
@@ -590,7 +611,9 @@ def export_tensorrt(
             protos, graphs, profiles, static_cache = {}, {}, {}, {}
             for phase in PHASES:
                 entry = body["graphs"][phase]
-                protos[phase], static = tensorrt_onnx(onnx.load(tmp / entry["file"]), max_seq, jit_ops)
+                protos[phase], static = tensorrt_onnx(
+                    onnx.load(tmp / entry["file"]), max_seq, jit_ops, plugin_workspace(module)
+                )
                 check_tensorrt_onnx(protos[phase], phase)
                 graphs[phase] = save_tensorrt_graph(protos[phase], tmp, phase, entry["external_data"] is not None)
                 phase_axes = {**axes, "cache": [max_seq] * 3} if static else axes

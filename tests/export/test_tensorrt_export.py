@@ -34,6 +34,8 @@ from tests.export.conftest import TENSORRT_MAX_SEQ as MAX_SEQ
 from tests.test_bad_inputs import assert_error, cli, snapshot, workdir  # noqa: F401 (a fixture)
 from zoo.cli import main
 from zoo.errors import ZooError
+from zoo.ops import tensorrt_plugin as tp
+from zoo.ops.registry import zoo_ops
 
 FAMILIES = [
     pytest.param("llama-tiny", id="llama"),
@@ -83,12 +85,24 @@ def test_tensorrt_graphs_are_plugin_nodes_and_supported_ops(artifacts, name):
             plugin = section["plugins"][manifest_op(manifest, node.op_type)]
             assert plugin["id"] == f"zoo::{node.op_type}" and not node.overload
             assert attributes["aot"] == int(plugin["implementation"] != "jit")  # JIT-only plugins: aot 0
+            # a plugin's workspace: outputs after the op's, which nothing reads
+            op = zoo_ops()[manifest_op(manifest, node.op_type)]
+            n_outputs = len(op.overload._schema.returns)
+            workspace = [f"{node.output[0]}_{name}" for name, _ in tp.plugins()[op.name].workspace]
+            assert list(node.output[n_outputs:]) == workspace
+            read = {value for n in proto.graph.node for value in n.input} | {o.name for o in proto.graph.output}
+            assert not read & set(workspace)
+        if name.startswith("mamba2") and phase == "decode":  # the grown region, with its gate workspace
+            steps = [node for node in zoo_nodes if node.op_type == "Mamba2DecodeStep"]
+            assert steps and all(len(node.output) == 4 for node in steps)
         if name == "dmc-tiny" and phase == "prefill":  # dmc_prefill_cache's capacity: an attribute, one cache
             assert section["static_cache"] == {"prefill": MAX_SEQ}
             assert section["profiles"]["prefill"]["state.k.0"]["min"][2] == MAX_SEQ
         assert [f for f in proto.functions if f.domain == DOMAIN] == []
         onnx_runtime_graph = onnx.load(path / manifest["graphs"][phase]["file"])  # ONNX Runtime's keeps them
         assert {f.name for f in onnx_runtime_graph.functions} == {n.op_type for n in zoo_nodes}
+    aot = {entry["id"] for entry in section["plugins"].values() if entry["implementation"] == "aot"}
+    assert {payload["plugin"] for payload in section["aot_payloads"]} == aot
 
 
 def manifest_op(manifest: dict, op_type: str) -> str:

@@ -25,8 +25,9 @@ from zoo.ops.triton_aot import ptxas_resources
 BATCH, LENGTH = 3, 7  # no static size of the cases below equals either, so they name the symbolic axes
 SYMBOLS = {BATCH: "B", LENGTH: "L"}
 AOT_OPS = ["rms_norm", "add_rms_norm", "gated_rms_norm", "swiglu", "rope", "causal_conv1d", "causal_conv1d_update",
-           "ssd_state_update", "ssd_chunk_scan", "dmc_decode_attention", "dmc_prefill_cache"]  # fmt: skip
-JIT_OPS = ["moe_experts", "moe_layer", "mamba2_decode_step"]
+           "ssd_state_update", "ssd_chunk_scan", "dmc_decode_attention", "dmc_prefill_cache",
+           "mamba2_decode_step"]  # fmt: skip
+JIT_OPS = ["moe_experts", "moe_layer"]
 
 
 def rand(*shape, dtype=torch.float32):
@@ -122,6 +123,20 @@ def test_output_specs_match_the_fake_kernel(op):
                 assert [str(s) for s in out.shape] == [str(s) for s in shape] and out.dtype == dtype_, (op, b, L)
             if shape_env is not None and b > 1:
                 assert any(isinstance(s, torch.SymInt) for out in outputs for s in out.shape)
+
+
+def test_the_mamba2_decode_step_plugin_declares_its_gate_workspace_after_the_outputs():
+    tensors, attrs = split("mamba2_decode_step", case("mamba2_decode_step", BATCH, 1, torch.bfloat16))
+    plugin = tp.plugins()["mamba2_decode_step"]
+    inputs = tp.tensor_specs(plugin, symbolic_specs(tensors), lambda i, axis, label: tp.dim(label))
+    specs = tp.output_tensor_specs(plugin, inputs, attrs)
+    op_outputs = plugin.output_specs([t.shape for t in inputs], [t.dtype for t in inputs], **attrs)
+    assert [(s.shape, s.dtype) for s in specs[:3]] == [(tuple(shape), dtype) for shape, dtype in op_outputs]
+    assert [str(size) for size in specs[3].shape] == ["B", "32"] and specs[3].dtype == torch.float32
+    # the kernel's pointers: the 11 inputs, the 3 outputs, then the workspace
+    plan = tp.kernel_plan(plugin, inputs, attrs)
+    assert plan.abi_order[-4:] == ("out_ptr", "new_window_ptr", "new_state_ptr", "workspace_ptr")
+    assert plan.signature["workspace_ptr"] == "*fp32" and plan.signature["out_ptr"] == "*bf16"
 
 
 # --- AOT payloads against the Triton launchers ------------------------------------------------------------
@@ -405,6 +420,8 @@ def test_plugin_functions_have_the_schema_tensorrt_validates(op, monkeypatch):
     outputs = functions["register"](*descs, **attrs)
     expected = zoo_ops()[op].overload(*args)
     expected = expected if isinstance(expected, tuple) else (expected,)
+    if op == "mamba2_decode_step":  # the gate workspace after the op's outputs: z's shape, fp32
+        expected = (*expected, torch.empty_like(args[3], dtype=torch.float32))
     assert [tuple(s.value for s in d.shape_expr) for d in outputs] == [tuple(t.shape) for t in expected]
     assert [d.dtype.name for d in outputs] == [TRT_NAMES[t.dtype] for t in expected]
 

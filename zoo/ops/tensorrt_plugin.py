@@ -26,6 +26,9 @@ Conventions (the ONNX side writes its nodes to match):
   static in the engine;
 - tactics: `AotKernel.configs` lists constexpr configurations (index 0: what the op's launcher uses);
   TensorRT's tactic t >= 1 picks config t - 1, tactic 0 (no autotuning) config 0;
+- workspace: a kernel that needs memory besides its outputs (mamba2_decode_step's fp32 gate) declares it
+  as extra plugin outputs after the op's (`OpPlugin.workspace`), which the TensorRT-ready graph's node
+  lists and nothing reads: TensorRT allocates them like any activation;
 - ops whose CUDA path is several launches get a JIT implementation (`trtp.impl`) that runs the op's
   Triton path on torch tensors viewing TensorRT's buffers, on TensorRT's stream.
 """
@@ -220,6 +223,10 @@ class OpPlugin:
     output_specs: Callable  # output_specs(shapes, dtypes, **attributes) -> [(shape, dtype)]
     aot: AotKernel | None = None
     jit_reason: str = ""  # why the op has no AOT kernel
+    # ((name, spec(shapes, dtypes, **attributes) -> (shape, dtype)), ...): memory the AOT kernel needs
+    # besides the op's outputs, declared as plugin outputs after them (an AOT launch gets no other buffer);
+    # nothing in the graph reads them
+    workspace: tuple = ()
 
     @property
     def zoo_op(self) -> ZooOp:
@@ -292,7 +299,9 @@ def tensor_specs(op: OpPlugin, input_specs, symbolic: Callable) -> list[TensorSp
 
 
 def output_tensor_specs(op: OpPlugin, inputs: list[TensorSpec], attrs: dict) -> list[TensorSpec]:
-    specs = op.output_specs([t.shape for t in inputs], [t.dtype for t in inputs], **attrs)
+    """The plugin's outputs: the op's, then its workspace."""
+    shapes, dtypes = [t.shape for t in inputs], [t.dtype for t in inputs]
+    specs = op.output_specs(shapes, dtypes, **attrs) + [spec(shapes, dtypes, **attrs) for _, spec in op.workspace]
     return [TensorSpec(f"out{i}", tuple(shape), dtype) for i, (shape, dtype) in enumerate(specs)]
 
 
@@ -493,7 +502,7 @@ def plugin_functions(plugin: OpPlugin, trt, trtp) -> dict[str, Callable]:
     with the signatures those decorators validate: inputs annotated trtp.TensorDesc (trtp.Tensor in impl),
     then the attributes with their Python types, then outputs / stream / tactic."""
     op = plugin.zoo_op
-    n_outputs = len(op.overload._schema.returns)
+    n_outputs = len(op.overload._schema.returns) + len(plugin.workspace)
 
     def register(arguments):
         descs, attrs = _split(op, arguments)

@@ -3,10 +3,12 @@
 The program first runs the conv step + SiLU for its group's B and C channels (one (2, BLOCK_N, BLOCK_K)
 tile of the window: B's and C's rows), then loops over the group's heads and over BLOCK_P tiles of
 head_dim: the conv step for those x channels, the state tile (BLOCK_P, BLOCK_N) decayed and given its
-rank-1 input, y = S C + D x, and the gate y * silu(z) written (fp32) to a scratch row while the group's
-sum of squares accumulates. A second loop normalises the group and applies norm_weight. Arithmetic is
-fp32, with the roundings of the three-op chain (conv output to xbc's dtype, y and the normalised gate to
-z's dtype). Channel c of xbc is: x of head c // p for c < h*p; B of group g, entry j at h*p + g*n + j;
+rank-1 input, y = S C + D x, and the gate y * silu(z) written (fp32) to a workspace row while the group's
+sum of squares accumulates. A second loop normalises the group and applies norm_weight. The workspace
+(b, h*p) fp32 is the kernel's last pointer, after the outputs: the launcher passes `out` itself when it is
+fp32, and TensorRT's AOT plugin declares it as an extra output (tensorrt_plugin.py). Arithmetic is fp32,
+with the roundings of the three-op chain (conv output to xbc's dtype, y and the normalised gate to z's
+dtype). Channel c of xbc is: x of head c // p for c < h*p; B of group g, entry j at h*p + g*n + j;
 C at h*p + G*n + g*n + j (zoo/nn/mamba2.py split_xbc).
 """
 
@@ -32,9 +34,9 @@ def mamba2_decode_step_kernel(
     dt_bias_ptr,
     norm_weight_ptr,
     out_ptr,
-    gated_ptr,
     new_window_ptr,
     new_state_ptr,
+    workspace_ptr,
     dt_min,
     dt_max,
     eps,
@@ -119,7 +121,7 @@ def mamba2_decode_step_kernel(
             z = tl.load(z_ptr + batch * d_inner + chan, mask=mask_p, other=0.0).to(tl.float32)
             gated = y * z * tl.sigmoid(z)
             sum_squares += gated * gated
-            tl.store(gated_ptr + batch * d_inner + chan, gated, mask=mask_p)
+            tl.store(workspace_ptr + batch * d_inner + chan, gated, mask=mask_p)
 
     tl.debug_barrier()  # the gate's stores are visible to every thread of the program before they are read
     group_size = heads_per_group * P
@@ -128,7 +130,7 @@ def mamba2_decode_step_kernel(
         offs = start + tl.arange(0, BLOCK_P)
         mask = offs < group_size
         cols = group * group_size + offs
-        gate = tl.load(gated_ptr + batch * d_inner + cols, mask=mask, other=0.0)
+        gate = tl.load(workspace_ptr + batch * d_inner + cols, mask=mask, other=0.0)
         normed = (gate * rstd).to(z_ptr.dtype.element_ty).to(tl.float32)
         norm_weight = tl.load(norm_weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         tl.store(out_ptr + batch * d_inner + cols, (normed * norm_weight).to(out_ptr.dtype.element_ty), mask=mask)
@@ -152,8 +154,8 @@ def mamba2_decode_step_triton(
     K = conv_weight.shape[1]
     g = bc_groups(xbc.shape[1], h, p, n)
     out = torch.empty(b, h * p, dtype=torch.promote_types(z.dtype, norm_weight.dtype), device=z.device)
-    # an fp32 output holds the gate itself, normalised in place
-    gated = out if out.dtype == torch.float32 else torch.empty(b, h * p, dtype=torch.float32, device=z.device)
+    # the gate between the two loops: an fp32 output holds it itself, normalised in place
+    workspace = out if out.dtype == torch.float32 else torch.empty(b, h * p, dtype=torch.float32, device=z.device)
     new_window = conv_window.new_empty(conv_window.shape)
     new_state = torch.empty(b, h, p, n, dtype=torch.float32, device=ssm_state.device)
     has_bias = conv_bias is not None
@@ -162,9 +164,9 @@ def mamba2_decode_step_triton(
         *(t.contiguous() for t in tensors),
         *(t.contiguous() for t in (A, D, dt_bias, norm_weight)),
         out,
-        gated,
         new_window,
         new_state,
+        workspace,
         float(dt_min),
         float(dt_max),
         float(eps),
@@ -192,9 +194,9 @@ TRITON_KERNELS = [
             **dict.fromkeys(["A_ptr", "D_ptr", "dt_bias_ptr"], "*fp32"),
             "norm_weight_ptr": "*bf16",
             "out_ptr": "*bf16",
-            "gated_ptr": "*fp32",
             "new_window_ptr": "*bf16",
             "new_state_ptr": "*fp32",
+            "workspace_ptr": "*fp32",
             **dict.fromkeys(["dt_min", "dt_max", "eps"], "fp32"),
             **dict.fromkeys(["H", "G", "P", "N"], "i32"),
             **dict.fromkeys(["K", "HAS_BIAS", "BLOCK_K", "BLOCK_P", "BLOCK_N"], "constexpr"),
