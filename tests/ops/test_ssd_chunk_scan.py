@@ -46,7 +46,7 @@ def test_matches_reference(implementation, dtype, batch, length):
 
 @pytest.mark.parametrize("implementation", ["cpu", "triton"])
 def test_long_chunks_match_reference(implementation):
-    """A chunk longer than the CPU's row blocks and the kernel's position blocks, and not a multiple of them."""
+    """A chunk longer than the CPU scan's internal chunk and the kernel's position blocks, not a multiple of them."""
     inputs = random_inputs(2, 130, d_state=16)
     with zoo.ops.kernel_choice(implementation):
         y, final = ssd_chunk_scan(*inputs, 100)
