@@ -10,10 +10,12 @@ they are, so the artifact is useful on a machine without TensorRT) plus a `tenso
   `aot` 1 (the parser then asks a Python plugin for its ahead-of-time implementation only, so the engine
   embeds the PTX and runs without Python; 0 for a plugin that has a JIT implementation only). A size
   argument ONNX passes as an input (dmc_prefill_cache's capacity) becomes an attribute, so that graph's
-  engine takes one cache length (`tensorrt_onnx`). The zoo's local functions are dropped: onnx-tensorrt imports a
-  node that has a local function of its op type as that function unless the plugin is found, and a
-  silent fallback to the reference body is what the plugin path must never do. `onnx.checker` runs with the
-  zoo schemas extended by the plugin attributes (`plugin_schemas`), which are put back as they were after.
+  engine takes one cache length (`tensorrt_onnx`). Each MoE node becomes two routed single-launch nodes
+  (`expand_moe_nodes`), since an AOT plugin launches one kernel. The zoo's local functions are dropped:
+  onnx-tensorrt imports a node that has a local function of its op type as that function unless the
+  plugin is found, and a silent fallback to the reference body is what the plugin path must never do.
+  `onnx.checker` runs with the zoo schemas extended by the plugin attributes (`plugin_schemas`), which are
+  put back as they were after.
   Every other node must be an operator the parser supports (export/tensorrt_onnx_ops.json, taken from
   onnx-tensorrt's docs/operators.md): `unsupported_ops` names those that are not.
 - `tensorrt/plugins/`: the plugins' AOT payloads (a PTX file per distinct zoo node and `plugins.json`
@@ -194,13 +196,15 @@ def tensorrt_onnx(proto, cache_capacity: int, jit_ops: frozenset = frozenset(), 
     engine is built for that one cache length. A plugin has no optional inputs: an absent one is refused.
     `aot` is 0 for the ops in `jit_ops` (plugins with a JIT implementation only: their engine runs them
     through Python). `workspace` {op name: names} lists a plugin's workspace outputs, which its nodes gain
-    after the op's outputs as "<first output>_<name>" (nothing reads them)."""
+    after the op's outputs as "<first output>_<name>" (nothing reads them). MoE nodes are first rewritten
+    as routed single-launch ones (`expand_moe_nodes`)."""
     import onnx
     from onnx import helper
 
     ops = zoo_ops_by_type()
     model = onnx.ModelProto()
     model.CopyFrom(proto)
+    expand_moe_nodes(model)
     static_cache = False
     for node in model.graph.node:
         if node.domain != DOMAIN:
@@ -232,6 +236,68 @@ def tensorrt_onnx(proto, cache_capacity: int, jit_ops: frozenset = frozenset(), 
     del model.functions[:]
     model.functions.extend(functions)
     return model, static_cache
+
+
+MOE_OP_TYPES = ("MoeExperts", "MoeLayer")
+
+
+def _value_types(graph) -> dict:
+    """{value name: (elem_type, [dims as int or dim_param])} of a graph's typed values and initializers."""
+    types = {}
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape"):
+            dims = [d.dim_param if d.HasField("dim_param") else d.dim_value for d in tensor.shape.dim]
+            types[value.name] = (tensor.elem_type, dims)
+    for init in graph.initializer:
+        types[init.name] = (init.data_type, list(init.dims))
+    return types
+
+
+def expand_moe_nodes(model) -> int:
+    """Rewrite, in place, every zoo::moe_experts / zoo::moe_layer node of the graph as single-launch nodes
+    TensorRT's ahead-of-time plugins take (their CUDA path is a routing, a block schedule, two kernels and a
+    sum, and an AOT plugin launches one kernel):
+        MoeExperts(x, logits, w_gate_up, w_down) -> MoeRoutedGateUp(x, logits, w_gate_up) -> h
+                                                    MoeRoutedDown(h, logits, w_down) -> y
+        MoeLayer(x, router_weight, ...)          -> Gemm(x, router_weight, transB=1) -> logits, then as above
+    (zoo/ops/moe_routed: each routes the token from the logits; y equals moe_experts' up to the rounding of
+    h to x's dtype, as its grouped kernels store h). The new values are typed in value_info. Returns the
+    number of nodes rewritten."""
+    from onnx import helper
+
+    graph = model.graph
+    types = _value_types(graph)
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        if node.domain != DOMAIN or node.op_type not in MOE_OP_TYPES:
+            nodes.append(node)
+            continue
+        rewritten += 1
+        x, second, w_gate_up, w_down = node.input
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        top_k, routing = attributes["top_k"], attributes["routing"]
+        elem_type, (tokens, _) = types[x]
+        n_experts, _, d_expert = types[w_down][1]
+        out = node.output[0]
+        logits, hidden = second, f"{out}_moe_hidden"
+        if node.op_type == "MoeLayer":
+            logits = f"{out}_router_logits"
+            nodes.append(helper.make_node("Gemm", [x, second], [logits], name=f"{node.name}_router", transB=1))
+            graph.value_info.append(helper.make_tensor_value_info(logits, elem_type, [tokens, n_experts]))
+        graph.value_info.append(helper.make_tensor_value_info(hidden, elem_type, [tokens, top_k, d_expert]))
+        nodes.append(
+            helper.make_node("MoeRoutedGateUp", [x, logits, w_gate_up], [hidden], name=f"{node.name}_gate_up",
+                             domain=DOMAIN, top_k=top_k, routing=routing, activation=attributes["activation"],
+                             gated=attributes["gated"])
+        )  # fmt: skip
+        nodes.append(
+            helper.make_node("MoeRoutedDown", [hidden, logits, w_down], [out], name=f"{node.name}_down",
+                             domain=DOMAIN, top_k=top_k, routing=routing)
+        )  # fmt: skip
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return rewritten
 
 
 def _all_nodes(graph):
@@ -380,15 +446,7 @@ def value_specs(graph) -> dict[str, dict]:
         name = onnx.TensorProto.DataType.Name(elem_type)
         return ONNX_DTYPES.get(name, name.lower())
 
-    specs = {}
-    for value in [*graph.input, *graph.output, *graph.value_info]:
-        tensor = value.type.tensor_type
-        if tensor.HasField("shape"):
-            shape = [d.dim_param if d.HasField("dim_param") else d.dim_value for d in tensor.shape.dim]
-            specs[value.name] = {"dtype": dtype(tensor.elem_type), "shape": shape}
-    for init in graph.initializer:
-        specs[init.name] = {"dtype": dtype(init.data_type), "shape": list(init.dims)}
-    return specs
+    return {name: {"dtype": dtype(elem), "shape": dims} for name, (elem, dims) in _value_types(graph).items()}
 
 
 def node_attributes(node) -> dict:
@@ -606,6 +664,7 @@ def export_tensorrt(
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 (onnx_dir / name).rename(tmp / name)
             module = plugin_module()
+            ops_by_type = zoo_ops_by_type()
             implementations = plugin_implementations(module)
             jit_ops = frozenset(name for name, kind in implementations.items() if kind == "jit")
             protos, graphs, profiles, static_cache = {}, {}, {}, {}
@@ -620,7 +679,10 @@ def export_tensorrt(
                 profiles[phase] = input_profile(entry["inputs"], phase_axes)
                 if static:
                     static_cache[phase] = max_seq
-            used = sorted(body["zoo_ops"])
+            # the TensorRT graphs' zoo ops (not the ONNX Runtime graphs': expand_moe_nodes replaces the MoE ops)
+            used = sorted(
+                {ops_by_type[n.op_type].name for p in protos.values() for n in p.graph.node if n.domain == DOMAIN}
+            )
             aot_ops = {name for name in used if implementations.get(name) == "aot"}
             has_payloads = module is not None and hasattr(module, "aot_payload")
             without = [name for name in used if name not in implementations]

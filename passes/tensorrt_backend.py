@@ -6,7 +6,9 @@ What it does with the Dynamo graph:
    as a KV cache, becomes an output that AOTAutograd's wrapper copies back), inference only;
 2. runs the zoo graph passes of the fused pipeline on that ATen graph (idiom fusion, region growth,
    kernel selection; passes/manager.py), so TensorRT sees one node per fused region;
-3. registers a torch-tensorrt converter for every zoo op left in the graph (`converter_ops`), which adds
+3. with zoo_ops="plugins", rewrites each MoE node as the two routed single-launch ops (`route_moe_nodes`),
+   whose plugins are AOT kernels;
+4. registers a torch-tensorrt converter for every zoo op left in the graph (`converter_ops`), which adds
    the op's TensorRT plugin to the network, and hands the graph to torch-tensorrt's dynamo backend
    (`torch.compile(backend="torch_tensorrt")`'s function, with the options as CompilationSettings), which
    traces the functional ATen graph once more with its own decompositions (zoo ops stay single nodes).
@@ -148,6 +150,34 @@ def converter_ops(gm: torch.fx.GraphModule) -> dict[str, int]:
     return counts
 
 
+def route_moe_nodes(gm: torch.fx.GraphModule) -> int:
+    """Rewrite, in place, every zoo::moe_experts / zoo::moe_layer node as zoo::moe_routed_gate_up then
+    zoo::moe_routed_down (moe_layer's router as an aten.mm first): ops whose plugins are single-launch AOT
+    kernels, where the MoE ops' own plugins are JIT (several launches). The same rewrite as the ONNX path's
+    (export.tensorrt.expand_moe_nodes). Returns the number of nodes rewritten."""
+    graph, zoo = gm.graph, torch.ops.zoo
+    aten = torch.ops.aten
+    rewritten = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in (zoo.moe_experts.default, zoo.moe_layer.default):
+            continue
+        x, second, w_gate_up, w_down, top_k, routing, activation, gated = node.args
+        with graph.inserting_before(node):
+            logits = second
+            if node.target is zoo.moe_layer.default:
+                logits = graph.call_function(aten.mm.default, (x, graph.call_function(aten.t.default, (second,))))
+            hidden = graph.call_function(
+                zoo.moe_routed_gate_up.default, (x, logits, w_gate_up, top_k, routing, activation, gated)
+            )
+            out = graph.call_function(zoo.moe_routed_down.default, (hidden, logits, w_down, top_k, routing))
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+        rewritten += 1
+    graph.lint()
+    gm.recompile()
+    return rewritten
+
+
 def plugin_id(op_name: str) -> str:
     """The id of a zoo op's TensorRT plugin: "zoo::" and the op name in CamelCase."""
     return "zoo::" + "".join(part.capitalize() for part in op_name.split("_"))
@@ -269,6 +299,8 @@ def tensorrt_backend(gm: torch.fx.GraphModule, example_inputs, options: TensorRT
 
     def compile_forward(aten_gm: torch.fx.GraphModule, inputs):
         gm.meta["zoo_pass_hits"] = run_graph_passes(aten_gm, options.disabled)
+        if options.zoo_ops == "plugins":
+            gm.meta["zoo_pass_hits"]["tensorrt.route_moe"] = route_moe_nodes(aten_gm)
         ops = converter_ops(aten_gm)
         in_torch = register_plugin_converters(ops) if options.zoo_ops == "plugins" else list(ops)
         record = {"converter_ops": ops, "plugins": [n for n in ops if n not in in_torch], "in_torch": in_torch}

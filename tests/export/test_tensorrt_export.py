@@ -76,22 +76,28 @@ def test_tensorrt_graphs_are_plugin_nodes_and_supported_ops(artifacts, name):
             onnx.checker.check_model(str(file), full_check=True)
         assert unsupported_ops(proto) == []
         zoo_nodes = [node for node in proto.graph.node if node.domain == DOMAIN]
-        assert len(zoo_nodes) == sum(manifest["graphs"][phase]["zoo_nodes"].values())
+        onnx_runtime_nodes = manifest["graphs"][phase]["zoo_nodes"]
+        moe_nodes = sum(onnx_runtime_nodes.get(op, 0) for op in ("moe_experts", "moe_layer"))
+        assert len(zoo_nodes) == sum(onnx_runtime_nodes.values()) + moe_nodes  # an MoE node becomes two
         assert len(zoo_nodes) > 0 or name == "gpt-tiny"  # gpt's LayerNorm and GELU stay standard ops
         assert len(zoo_nodes) == section["graphs"][phase]["plugin_nodes"]
         for node in zoo_nodes:
             attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             assert attributes["plugin_namespace"] == b"zoo" and attributes["plugin_version"] == b"1"
-            plugin = section["plugins"][manifest_op(manifest, node.op_type)]
+            (op,) = [op for op in zoo_ops().values() if op.op_type == node.op_type]
+            plugin = section["plugins"][op.name]
             assert plugin["id"] == f"zoo::{node.op_type}" and not node.overload
-            assert attributes["aot"] == int(plugin["implementation"] != "jit")  # JIT-only plugins: aot 0
+            assert attributes["aot"] == 1 and plugin["implementation"] == "aot"  # every node: an AOT kernel
             # a plugin's workspace: outputs after the op's, which nothing reads
-            op = zoo_ops()[manifest_op(manifest, node.op_type)]
             n_outputs = len(op.overload._schema.returns)
             workspace = [f"{node.output[0]}_{name}" for name, _ in tp.plugins()[op.name].workspace]
             assert list(node.output[n_outputs:]) == workspace
             read = {value for n in proto.graph.node for value in n.input} | {o.name for o in proto.graph.output}
             assert not read & set(workspace)
+        if name == "moe-tiny":  # each MoE layer: two routed single-launch nodes (export.tensorrt.expand_moe_nodes)
+            types = [node.op_type for node in zoo_nodes]
+            assert "MoeExperts" not in types and "MoeLayer" not in types
+            assert types.count("MoeRoutedGateUp") == types.count("MoeRoutedDown") == moe_nodes == 2
         if name.startswith("mamba2") and phase == "decode":  # the grown region, with its gate workspace
             steps = [node for node in zoo_nodes if node.op_type == "Mamba2DecodeStep"]
             assert steps and all(len(node.output) == 4 for node in steps)
@@ -100,14 +106,9 @@ def test_tensorrt_graphs_are_plugin_nodes_and_supported_ops(artifacts, name):
             assert section["profiles"]["prefill"]["state.k.0"]["min"][2] == MAX_SEQ
         assert [f for f in proto.functions if f.domain == DOMAIN] == []
         onnx_runtime_graph = onnx.load(path / manifest["graphs"][phase]["file"])  # ONNX Runtime's keeps them
-        assert {f.name for f in onnx_runtime_graph.functions} == {n.op_type for n in zoo_nodes}
+        assert {f.name for f in onnx_runtime_graph.functions} == {zoo_ops()[op].op_type for op in onnx_runtime_nodes}
     aot = {entry["id"] for entry in section["plugins"].values() if entry["implementation"] == "aot"}
     assert {payload["plugin"] for payload in section["aot_payloads"]} == aot
-
-
-def manifest_op(manifest: dict, op_type: str) -> str:
-    (name,) = [name for name, entry in manifest["zoo_ops"].items() if entry["op_type"] == op_type]
-    return name
 
 
 def shapes_of(command: str, flag: str) -> dict[str, list[int]]:

@@ -26,7 +26,7 @@ BATCH, LENGTH = 3, 7  # no static size of the cases below equals either, so they
 SYMBOLS = {BATCH: "B", LENGTH: "L"}
 AOT_OPS = ["rms_norm", "add_rms_norm", "gated_rms_norm", "swiglu", "rope", "causal_conv1d", "causal_conv1d_update",
            "ssd_state_update", "ssd_chunk_scan", "dmc_decode_attention", "dmc_prefill_cache",
-           "mamba2_decode_step"]  # fmt: skip
+           "mamba2_decode_step", "moe_routed_gate_up", "moe_routed_down"]  # fmt: skip
 JIT_OPS = ["moe_experts", "moe_layer"]
 
 
@@ -79,6 +79,12 @@ def case(op: str, b: int, L: int, dtype: torch.dtype = torch.float32) -> tuple:
     if op == "moe_layer":
         x, router = rand(b * L, 8, dtype=dtype), rand(4, 8, dtype=dtype)
         return x, router, rand(4, 12, 8, dtype=dtype), rand(4, 8, 6, dtype=dtype), 2, "topk-softmax", "silu", True
+    if op == "moe_routed_gate_up":
+        x, logits = rand(b * L, 8, dtype=dtype), rand(b * L, 4, dtype=dtype)
+        return x, logits, rand(4, 12, 8, dtype=dtype), 2, "softmax-topk", "silu", True
+    if op == "moe_routed_down":
+        h, logits = rand(b * L, 2, 6, dtype=dtype), rand(b * L, 4, dtype=dtype)
+        return h, logits, rand(4, 8, 6, dtype=dtype), 2, "topk-softmax"
     if op == "mamba2_decode_step":  # 4 heads of 8, 2 groups of state 6: conv_dim 32 + 24
         window, xbc, conv_weight = rand(b, 56, 4, dtype=dtype), rand(b, 56, dtype=dtype), rand(56, 4, dtype=dtype)
         bias = rand(56, dtype=dtype) if L != 5 else None  # absent in one SHAPE_CASE, present at LENGTH

@@ -240,6 +240,20 @@ def test_mamba2_route_hands_the_grown_decode_step_to_its_plugin(monkeypatch):
     assert meta["zoo_pass_hits"]["region_growth.mamba2_decode_step"] == model.config.n_layers
 
 
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_moe_route_hands_routed_single_launch_ops_to_plugins(monkeypatch, phase):
+    """zoo::moe_layer (grown from the router and zoo::moe_experts) becomes the two routed ops, whose plugins
+    are AOT kernels; the rewritten graph computes the eager logits and state."""
+    monkeypatch.setattr(trt_backend, "register_plugin_converters", lambda ops: [])
+    model = tiny_model("moe-tiny")
+    want, got, received, meta = compile_with_stand_in(monkeypatch, model, phase, {"target": "tensorrt"})
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    layers = model.config.n_layers
+    assert received["ops"]["moe_routed_gate_up"] == received["ops"]["moe_routed_down"] == layers
+    assert not {"moe_experts", "moe_layer"} & set(received["ops"])
+    assert meta["zoo_pass_hits"]["tensorrt.route_moe"] == meta["zoo_pass_hits"]["region_growth.moe_layer"] == layers
+
+
 def test_mamba2_route_without_growth_needs_the_region_ops(monkeypatch):
     model = tiny_model("mamba2-tiny")
     growths = ["region_growth.mamba2_decode_step", "region_growth.moe_layer"]
