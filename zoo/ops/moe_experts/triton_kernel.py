@@ -9,8 +9,8 @@ on the host and a CUDA graph can hold the whole op ("align block size", as vLLM'
 Kernel 1 computes h = act(x W_gate^T) * (x W_up^T) (or act(x W_up^T)) for a block of rows and hidden units,
 from the fused w_gate_up; kernel 2 computes h W_down^T times the slot's routing weight and stores it at the
 slot's row, each slot written once (no atomics); the sum over a token's K slots is a torch op.
-Routing (top-K and softmax, fp32) runs as torch ops on the device as well. The kernels use only builtins
-(no tl.zeros / tl.sigmoid, which are jit functions) so that they also compile for sm_90 under the interpreter.
+Routing (top-K and softmax, fp32) runs as torch ops on the device as well. The expert activation is a
+jitted helper (`activate`), which zoo::moe_routed's gate/up kernel shares.
 """
 
 import torch
@@ -22,6 +22,24 @@ from zoo.ops.triton_aot import KernelSpec
 
 ACTIVATION_CODES = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3, "relu2": 4}
 BLOCK_M, BLOCK_F, BLOCK_D = 64, 64, 32
+
+
+@triton.jit
+def activate(a, ACTIVATION: tl.constexpr):
+    """The expert activation of ACTIVATION_CODES on fp32 values."""
+    if ACTIVATION == 0:  # silu
+        a = a / (1.0 + tl.exp(-a))
+    elif ACTIVATION == 1:  # gelu (erf)
+        a = 0.5 * a * (1.0 + tl.math.erf(a * 0.7071067811865476))
+    elif ACTIVATION == 2:  # gelu, tanh approximation: 0.5 a (1 + tanh(u)) = a sigmoid(2u)
+        u = 0.7978845608028654 * (a + 0.044715 * a * a * a)
+        a = a / (1.0 + tl.exp(-2.0 * u))
+    elif ACTIVATION == 3:  # relu
+        a = tl.maximum(a, 0.0)
+    else:  # squared relu
+        a = tl.maximum(a, 0.0)
+        a = a * a
+    return a
 
 
 @triton.jit
@@ -78,19 +96,7 @@ def moe_gate_up_kernel(
                 if UPCAST:
                     w_gate = w_gate.to(tl.float32)
                 acc_gate += tl.dot(x, w_gate, input_precision=DOT_PRECISION)
-        a = acc_gate if GATED else acc_up
-        if ACTIVATION == 0:  # silu
-            a = a / (1.0 + tl.exp(-a))
-        elif ACTIVATION == 1:  # gelu (erf)
-            a = 0.5 * a * (1.0 + tl.math.erf(a * 0.7071067811865476))
-        elif ACTIVATION == 2:  # gelu, tanh approximation: 0.5 a (1 + tanh(u)) = a sigmoid(2u)
-            u = 0.7978845608028654 * (a + 0.044715 * a * a * a)
-            a = a / (1.0 + tl.exp(-2.0 * u))
-        elif ACTIVATION == 3:  # relu
-            a = tl.maximum(a, 0.0)
-        else:  # squared relu
-            a = tl.maximum(a, 0.0)
-            a = a * a
+        a = activate(acc_gate if GATED else acc_up, ACTIVATION)
         h = a * acc_up if GATED else a
         tl.store(
             h_ptr + rows[:, None] * stride_h + f[None, :],

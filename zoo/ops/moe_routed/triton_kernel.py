@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from zoo.ops.moe_experts.triton_kernel import ACTIVATION_CODES
+from zoo.ops.moe_experts.triton_kernel import ACTIVATION_CODES, activate
 from zoo.ops.triton_aot import KernelSpec
 
 BLOCK_F, BLOCK_D, BLOCK_N = 64, 32, 64
@@ -93,19 +93,7 @@ def moe_routed_gate_up_kernel(
         if GATED:
             w_gate = tl.load(w_expert + f[:, None] * d_model + d[None, :], mask=w_mask, other=0.0)
             acc_gate += tl.sum(w_gate.to(tl.float32) * x[None, :], axis=1)
-    a = acc_gate if GATED else acc_up
-    if ACTIVATION == 0:  # silu
-        a = a / (1.0 + tl.exp(-a))
-    elif ACTIVATION == 1:  # gelu (erf)
-        a = 0.5 * a * (1.0 + tl.math.erf(a * 0.7071067811865476))
-    elif ACTIVATION == 2:  # gelu, tanh approximation: 0.5 a (1 + tanh(u)) = a sigmoid(2u)
-        u = 0.7978845608028654 * (a + 0.044715 * a * a * a)
-        a = a / (1.0 + tl.exp(-2.0 * u))
-    elif ACTIVATION == 3:  # relu
-        a = tl.maximum(a, 0.0)
-    else:  # squared relu
-        a = tl.maximum(a, 0.0)
-        a = a * a
+    a = activate(acc_gate if GATED else acc_up, ACTIVATION)
     h = a * acc_up if GATED else a
     tl.store(h_ptr + slot * d_expert + f, h.to(h_ptr.dtype.element_ty), mask=f_mask)
 
