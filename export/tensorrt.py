@@ -254,7 +254,7 @@ def _value_types(graph) -> dict:
     return types
 
 
-def expand_moe_nodes(model) -> int:
+def expand_moe_nodes(model) -> None:
     """Rewrite, in place, every zoo::moe_experts / zoo::moe_layer node of the graph as single-launch nodes
     TensorRT's ahead-of-time plugins take (their CUDA path is a routing, a block schedule, two kernels and a
     sum, and an AOT plugin launches one kernel):
@@ -262,19 +262,19 @@ def expand_moe_nodes(model) -> int:
                                                     MoeRoutedDown(h, logits, w_down) -> y
         MoeLayer(x, router_weight, ...)          -> Gemm(x, router_weight, transB=1) -> logits, then as above
     (zoo/ops/moe_routed: each routes the token from the logits; y equals moe_experts' up to the rounding of
-    h to x's dtype, as its grouped kernels store h). The new values are typed in value_info. Returns the
-    number of nodes rewritten."""
+    h to x's dtype, as its grouped kernels store h). The new values are typed in value_info."""
     from onnx import helper
 
     graph = model.graph
     types = _value_types(graph)
-    nodes, rewritten = [], 0
+    nodes = []
     for node in graph.node:
         if node.domain != DOMAIN or node.op_type not in MOE_OP_TYPES:
             nodes.append(node)
             continue
-        rewritten += 1
         x, second, w_gate_up, w_down = node.input
+        if x not in types or w_down not in types:
+            raise TensorRTExportError(f"zoo::{node.op_type}'s inputs {x}, {w_down} have no type and shape in the graph")
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         top_k, routing = attributes["top_k"], attributes["routing"]
         elem_type, (tokens, _) = types[x]
@@ -297,7 +297,6 @@ def expand_moe_nodes(model) -> int:
         )  # fmt: skip
     del graph.node[:]
     graph.node.extend(nodes)
-    return rewritten
 
 
 def _all_nodes(graph):

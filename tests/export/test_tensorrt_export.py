@@ -9,6 +9,7 @@ session (tests/export/conftest.py), and the ONNX tests check the same artifacts'
 import json
 import re
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -21,6 +22,7 @@ from export.tensorrt import (
     TensorRTExportError,
     check_plugin_op_type,
     check_tensorrt_onnx,
+    expand_moe_nodes,
     export_tensorrt,
     input_profile,
     plugin_schemas,
@@ -28,6 +30,7 @@ from export.tensorrt import (
     supported_onnx_ops,
     trtexec_shapes,
     unsupported_ops,
+    value_specs,
 )
 from tests.export.conftest import TENSORRT_MAX_BATCH as MAX_BATCH
 from tests.export.conftest import TENSORRT_MAX_SEQ as MAX_SEQ
@@ -269,3 +272,37 @@ def test_a_tensorrt_export_leaves_the_onnx_schemas_as_they_were(artifacts):
     artifacts("dmc-tiny")
     schema = onnx.defs.get_schema("DmcPrefillCache", 1, DOMAIN)
     assert set(schema.attributes) == {"window"} and "capacity" in [p.name for p in schema.inputs]
+
+
+def moe_experts_graph(typed_input: bool):
+    """A graph of one zoo::moe_experts node on x (3, 8), logits (3, 4), 4 experts of 6; its input typed or
+    the untyped output of an Identity."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = [numpy_helper.from_array(np.zeros(shape, np.float32), name) for name, shape in
+               (("w_in", (4, 12, 8)), ("w_down", (4, 8, 6)))]  # fmt: skip
+    moe = helper.make_node("MoeExperts", ["hidden", "logits", "w_in", "w_down"], ["y"], domain=DOMAIN, top_k=2,
+                           routing="softmax-topk", activation="silu", gated=1)  # fmt: skip
+    x, logits, hidden, y = (
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, ["tokens", width])
+        for name, width in (("x", 8), ("logits", 4), ("hidden", 8), ("y", 8))
+    )
+    nodes = [helper.make_node("Identity", ["x"], ["hidden"]), moe]
+    graph = helper.make_graph(nodes, "moe", [x, logits], [y], weights, value_info=[hidden] if typed_input else [])
+    return helper.make_model(graph)
+
+
+def test_an_moe_experts_node_becomes_the_two_routed_nodes():
+    model = moe_experts_graph(typed_input=True)
+    expand_moe_nodes(model)
+    nodes = [(n.op_type, list(n.input), list(n.output)) for n in model.graph.node]
+    assert nodes[1:] == [
+        ("MoeRoutedGateUp", ["hidden", "logits", "w_in"], ["y_moe_hidden"]),
+        ("MoeRoutedDown", ["y_moe_hidden", "logits", "w_down"], ["y"]),
+    ]
+    assert value_specs(model.graph)["y_moe_hidden"] == {"dtype": "float32", "shape": ["tokens", 2, 6]}
+
+
+def test_an_moe_node_without_typed_inputs_is_refused():
+    with pytest.raises(TensorRTExportError, match="zoo::MoeExperts's inputs hidden, w_down have no type and shape"):
+        expand_moe_nodes(moe_experts_graph(typed_input=False))
