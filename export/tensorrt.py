@@ -10,8 +10,11 @@ they are, so the artifact is useful on a machine without TensorRT) plus a `tenso
   `aot` 1 (the parser then asks a Python plugin for its ahead-of-time implementation only, so the engine
   embeds the PTX and runs without Python; 0 for a plugin that has a JIT implementation only). A size
   argument ONNX passes as an input (dmc_prefill_cache's capacity) becomes an attribute, so that graph's
-  engine takes one cache length (`tensorrt_onnx`). Each MoE node becomes two routed single-launch nodes
-  (`expand_moe_nodes`), since an AOT plugin launches one kernel. The zoo's local functions are dropped:
+  engine takes one cache length (`tensorrt_onnx`). In the decode graph each MoE node becomes two routed
+  single-launch AOT nodes (`expand_moe_nodes`: an AOT plugin launches one kernel, and the MoE ops' GPU path
+  is several); they read an expert's weights once per routed token, right for decode's few tokens, so
+  the prefill graph keeps the MoE nodes, whose JIT plugins run the grouped GEMMs (that engine calls back
+  into Python, and the runner registers the plugins). The zoo's local functions are dropped:
   onnx-tensorrt imports a node that has a local function of its op type as that function unless the
   plugin is found, and a silent fallback to the reference body is what the plugin path must never do.
   `onnx.checker` runs with the zoo schemas extended by the plugin attributes (`plugin_schemas`), which are
@@ -185,7 +188,9 @@ def size_arguments(op) -> list[str]:
     return [name for op_name, name in SIZE_INPUTS if op_name == op.name]
 
 
-def tensorrt_onnx(proto, cache_capacity: int, jit_ops: frozenset = frozenset(), workspace: dict | None = None):
+def tensorrt_onnx(
+    proto, cache_capacity: int, jit_ops: frozenset = frozenset(), workspace: dict | None = None, route_moe: bool = False
+):
     """A copy of a fused graph for TensorRT's ONNX parser, and whether it needs a static cache length.
 
     Every zoo node gets the plugin attributes and loses its overload; the zoo's local functions are dropped
@@ -196,15 +201,16 @@ def tensorrt_onnx(proto, cache_capacity: int, jit_ops: frozenset = frozenset(), 
     engine is built for that one cache length. A plugin has no optional inputs: an absent one is refused.
     `aot` is 0 for the ops in `jit_ops` (plugins with a JIT implementation only: their engine runs them
     through Python). `workspace` {op name: names} lists a plugin's workspace outputs, which its nodes gain
-    after the op's outputs as "<first output>_<name>" (nothing reads them). MoE nodes are first rewritten
-    as routed single-launch ones (`expand_moe_nodes`)."""
+    after the op's outputs as "<first output>_<name>" (nothing reads them). With `route_moe` (the decode
+    graph), MoE nodes are first rewritten as routed single-launch ones (`expand_moe_nodes`)."""
     import onnx
     from onnx import helper
 
     ops = zoo_ops_by_type()
     model = onnx.ModelProto()
     model.CopyFrom(proto)
-    expand_moe_nodes(model)
+    if route_moe:
+        expand_moe_nodes(model)
     static_cache = False
     for node in model.graph.node:
         if node.domain != DOMAIN:
@@ -670,7 +676,7 @@ def export_tensorrt(
             for phase in PHASES:
                 entry = body["graphs"][phase]
                 protos[phase], static = tensorrt_onnx(
-                    onnx.load(tmp / entry["file"]), max_seq, jit_ops, plugin_workspace(module)
+                    onnx.load(tmp / entry["file"]), max_seq, jit_ops, plugin_workspace(module), phase == "decode"
                 )
                 check_tensorrt_onnx(protos[phase], phase)
                 graphs[phase] = save_tensorrt_graph(protos[phase], tmp, phase, entry["external_data"] is not None)
@@ -678,7 +684,7 @@ def export_tensorrt(
                 profiles[phase] = input_profile(entry["inputs"], phase_axes)
                 if static:
                     static_cache[phase] = max_seq
-            # the TensorRT graphs' zoo ops (not the ONNX Runtime graphs': expand_moe_nodes replaces the MoE ops)
+            # the TensorRT graphs' zoo ops (not the ONNX Runtime graphs': expand_moe_nodes replaces decode's MoE ops)
             used = sorted(
                 {ops_by_type[n.op_type].name for p in protos.values() for n in p.graph.node if n.domain == DOMAIN}
             )

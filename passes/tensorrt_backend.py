@@ -6,8 +6,10 @@ What it does with the Dynamo graph:
    as a KV cache, becomes an output that AOTAutograd's wrapper copies back), inference only;
 2. runs the zoo graph passes of the fused pipeline on that ATen graph (idiom fusion, region growth,
    kernel selection; passes/manager.py), so TensorRT sees one node per fused region;
-3. with zoo_ops="plugins", rewrites each MoE node as the two routed single-launch ops (`route_moe_nodes`),
-   whose plugins are AOT kernels;
+3. with zoo_ops="plugins" and moe="routed" (the default), rewrites each MoE node as the two routed
+   single-launch ops (`route_moe_nodes`), whose plugins are AOT kernels: the decode step's choice. They
+   read an expert's weights once per routed token, so a long prefill wants moe="grouped", which keeps the
+   MoE ops for their JIT plugins (the grouped GEMMs, Python at run time);
 4. registers a torch-tensorrt converter for every zoo op left in the graph (`converter_ops`), which adds
    the op's TensorRT plugin to the network, and hands the graph to torch-tensorrt's dynamo backend
    (`torch.compile(backend="torch_tensorrt")`'s function, with the options as CompilationSettings), which
@@ -32,7 +34,8 @@ the plugins take every tensor argument as an input, and the converter does not m
 With `zoo_ops="torch"` every zoo op runs in PyTorch (the zoo kernels, outside the engines).
 
 Options (besides "target"): "zoo_ops" ("plugins" | "torch"), "disable" (names of fused-pipeline passes to
-skip, as `zoo passes --disable`), and any of TENSORRT_SETTINGS, passed to torch-tensorrt as they are.
+skip, as `zoo passes --disable`), "moe" ("routed" | "grouped", step 3), and any of TENSORRT_SETTINGS,
+passed to torch-tensorrt as they are.
 Records on the Dynamo graph module: meta["zoo_pass_hits"] (hits per pass) and meta["zoo_tensorrt"]
 (converter ops and counts, plugin ops, ops left to PyTorch).
 """
@@ -49,7 +52,8 @@ from zoo.errors import ZooError, require
 log = logging.getLogger(__name__)
 
 ZOO_OPS_MODES = ("plugins", "torch")
-ZOO_OPTIONS = ("target", "zoo_ops", "disable")
+ZOO_OPTIONS = ("target", "zoo_ops", "disable", "moe")
+MOE_MODES = ("routed", "grouped")
 # torch_tensorrt.dynamo.CompilationSettings fields a caller may set (torch-tensorrt 2.13 documents them)
 TENSORRT_SETTINGS = (
     "enabled_precisions",
@@ -92,6 +96,7 @@ class TensorRTOptions:
     zoo_ops: str = "plugins"
     disabled: tuple[str, ...] = ()
     settings: dict = field(default_factory=dict)  # torch-tensorrt CompilationSettings
+    moe: str = "routed"
 
 
 def unknown_option_error(kind: str, key: str, valid, candidates=None) -> ZooError:
@@ -115,8 +120,11 @@ def parse_tensorrt_options(options: dict) -> TensorRTOptions:
     unknown_passes = sorted(set(disabled) - set(names))
     if unknown_passes:
         raise ZooError(f"unknown pass(es) {', '.join(unknown_passes)} in disable; the passes are: {', '.join(names)}")
+    moe = options.get("moe", "routed")
+    if moe not in MOE_MODES:
+        raise ZooError(f"moe must be one of {', '.join(MOE_MODES)}, got {moe!r}")
     settings = {key: value for key, value in options.items() if key in TENSORRT_SETTINGS}
-    return TensorRTOptions(zoo_ops, disabled, settings)
+    return TensorRTOptions(zoo_ops, disabled, settings, moe)
 
 
 def graph_passes():
@@ -299,7 +307,7 @@ def tensorrt_backend(gm: torch.fx.GraphModule, example_inputs, options: TensorRT
 
     def compile_forward(aten_gm: torch.fx.GraphModule, inputs):
         gm.meta["zoo_pass_hits"] = run_graph_passes(aten_gm, options.disabled)
-        if options.zoo_ops == "plugins":
+        if options.zoo_ops == "plugins" and options.moe == "routed":
             gm.meta["zoo_pass_hits"]["tensorrt.route_moe"] = route_moe_nodes(aten_gm)
         ops = converter_ops(aten_gm)
         in_torch = register_plugin_converters(ops) if options.zoo_ops == "plugins" else list(ops)

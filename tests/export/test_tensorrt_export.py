@@ -81,7 +81,8 @@ def test_tensorrt_graphs_are_plugin_nodes_and_supported_ops(artifacts, name):
         zoo_nodes = [node for node in proto.graph.node if node.domain == DOMAIN]
         onnx_runtime_nodes = manifest["graphs"][phase]["zoo_nodes"]
         moe_nodes = sum(onnx_runtime_nodes.get(op, 0) for op in ("moe_experts", "moe_layer"))
-        assert len(zoo_nodes) == sum(onnx_runtime_nodes.values()) + moe_nodes  # an MoE node becomes two
+        routed = moe_nodes if phase == "decode" else 0  # in the decode graph an MoE node becomes two
+        assert len(zoo_nodes) == sum(onnx_runtime_nodes.values()) + routed
         assert len(zoo_nodes) > 0 or name == "gpt-tiny"  # gpt's LayerNorm and GELU stay standard ops
         assert len(zoo_nodes) == section["graphs"][phase]["plugin_nodes"]
         for node in zoo_nodes:
@@ -90,17 +91,20 @@ def test_tensorrt_graphs_are_plugin_nodes_and_supported_ops(artifacts, name):
             (op,) = [op for op in zoo_ops().values() if op.op_type == node.op_type]
             plugin = section["plugins"][op.name]
             assert plugin["id"] == f"zoo::{node.op_type}" and not node.overload
-            assert attributes["aot"] == 1 and plugin["implementation"] == "aot"  # every node: an AOT kernel
+            # every node an AOT kernel but prefill's MoE layers (JIT: the grouped GEMMs)
+            assert attributes["aot"] == int(not (phase == "prefill" and op.name in ("moe_experts", "moe_layer")))
+            assert plugin["implementation"] == ("aot" if attributes["aot"] else "jit")
             # a plugin's workspace: outputs after the op's, which nothing reads
             n_outputs = len(op.overload._schema.returns)
             workspace = [f"{node.output[0]}_{name}" for name, _ in tp.plugins()[op.name].workspace]
             assert list(node.output[n_outputs:]) == workspace
             read = {value for n in proto.graph.node for value in n.input} | {o.name for o in proto.graph.output}
             assert not read & set(workspace)
-        if name == "moe-tiny":  # each MoE layer: two routed single-launch nodes (export.tensorrt.expand_moe_nodes)
+        if name == "moe-tiny":  # decode: each MoE layer as two routed single-launch nodes (expand_moe_nodes)
             types = [node.op_type for node in zoo_nodes]
-            assert "MoeExperts" not in types and "MoeLayer" not in types
-            assert types.count("MoeRoutedGateUp") == types.count("MoeRoutedDown") == moe_nodes == 2
+            routed_types = ("MoeRoutedGateUp", "MoeRoutedDown")
+            assert [types.count(t) for t in ("MoeLayer", *routed_types)] == ([0, 2, 2] if routed else [2, 0, 0])
+            assert section["graphs"][phase]["jit_plugin_nodes"] == moe_nodes - routed
         if name.startswith("mamba2") and phase == "decode":  # the grown region, with its gate workspace
             steps = [node for node in zoo_nodes if node.op_type == "Mamba2DecodeStep"]
             assert steps and all(len(node.output) == 4 for node in steps)

@@ -48,6 +48,9 @@ def test_tensorrt_options_are_split_into_zoo_options_and_settings():
     assert parsed.settings == {"min_block_size": 1, "use_python_runtime": True}
     with pytest.raises(ZooError, match="zoo_ops must be one of plugins, torch, got 'jit'"):
         trt_backend.parse_tensorrt_options({"zoo_ops": "jit"})
+    assert parsed.moe == "routed" and trt_backend.parse_tensorrt_options({"moe": "grouped"}).moe == "grouped"
+    with pytest.raises(ZooError, match="moe must be one of routed, grouped, got 'dense'"):
+        trt_backend.parse_tensorrt_options({"moe": "dense"})
     with pytest.raises(
         ZooError, match="unknown pass.* fusion.rms in disable; the passes are: idiom_fusion.gated_rms_norm, "
     ):
@@ -252,6 +255,16 @@ def test_moe_route_hands_routed_single_launch_ops_to_plugins(monkeypatch, phase)
     assert received["ops"]["moe_routed_gate_up"] == received["ops"]["moe_routed_down"] == layers
     assert not {"moe_experts", "moe_layer"} & set(received["ops"])
     assert meta["zoo_pass_hits"]["tensorrt.route_moe"] == meta["zoo_pass_hits"]["region_growth.moe_layer"] == layers
+
+
+def test_moe_grouped_keeps_the_moe_layer_for_its_plugin(monkeypatch):
+    monkeypatch.setattr(trt_backend, "register_plugin_converters", lambda ops: [])
+    model = tiny_model("moe-tiny")
+    options = {"target": "tensorrt", "moe": "grouped"}
+    want, got, received, meta = compile_with_stand_in(monkeypatch, model, "prefill", options)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert received["ops"]["moe_layer"] == model.config.n_layers and "moe_routed_gate_up" not in received["ops"]
+    assert "tensorrt.route_moe" not in meta["zoo_pass_hits"]
 
 
 def test_mamba2_route_without_growth_needs_the_region_ops(monkeypatch):
