@@ -10,11 +10,10 @@ they are, so the artifact is useful on a machine without TensorRT) plus a `tenso
   `aot` 1 (the parser then asks a Python plugin for its ahead-of-time implementation only, so the engine
   embeds the PTX and runs without Python; 0 for a plugin that has a JIT implementation only). A size
   argument ONNX passes as an input (dmc_prefill_cache's capacity) becomes an attribute, so that graph's
-  engine takes one cache length (`tensorrt_onnx`). In the decode graph each MoE node becomes two routed
-  single-launch AOT nodes (`expand_moe_nodes`: an AOT plugin launches one kernel, and the MoE ops' GPU path
-  is several); they read an expert's weights once per routed token, right for decode's few tokens, so
-  the prefill graph keeps the MoE nodes, whose JIT plugins run the grouped GEMMs (that engine calls back
-  into Python, and the runner registers the plugins). The zoo's local functions are dropped:
+  engine takes one cache length (`tensorrt_onnx`). Each MoE node becomes single-launch AOT nodes
+  (`expand_moe_nodes`: an AOT plugin launches one kernel, and the MoE ops' GPU path is several): the
+  routed pair in the decode graph, the schedule and grouped GEMMs in the prefill graph. The zoo's local
+  functions are dropped:
   onnx-tensorrt imports a node that has a local function of its op type as that function unless the
   plugin is found, and a silent fallback to the reference body is what the plugin path must never do.
   `onnx.checker` runs with the zoo schemas extended by the plugin attributes (`plugin_schemas`), which are
@@ -189,7 +188,7 @@ def size_arguments(op) -> list[str]:
 
 
 def tensorrt_onnx(
-    proto, cache_capacity: int, jit_ops: frozenset = frozenset(), workspace: dict | None = None, route_moe: bool = False
+    proto, cache_capacity: int, phase: str, jit_ops: frozenset = frozenset(), workspace: dict | None = None
 ):
     """A copy of a fused graph for TensorRT's ONNX parser, and whether it needs a static cache length.
 
@@ -201,16 +200,15 @@ def tensorrt_onnx(
     engine is built for that one cache length. A plugin has no optional inputs: an absent one is refused.
     `aot` is 0 for the ops in `jit_ops` (plugins with a JIT implementation only: their engine runs them
     through Python). `workspace` {op name: names} lists a plugin's workspace outputs, which its nodes gain
-    after the op's outputs as "<first output>_<name>" (nothing reads them). With `route_moe` (the decode
-    graph), MoE nodes are first rewritten as routed single-launch ones (`expand_moe_nodes`)."""
+    after the op's outputs as "<first output>_<name>" (nothing reads them). MoE nodes are first rewritten
+    as single-launch ones, the `phase`'s form (`expand_moe_nodes`)."""
     import onnx
     from onnx import helper
 
     ops = zoo_ops_by_type()
     model = onnx.ModelProto()
     model.CopyFrom(proto)
-    if route_moe:
-        expand_moe_nodes(model)
+    expand_moe_nodes(model, phase)
     static_cache = False
     for node in model.graph.node:
         if node.domain != DOMAIN:
@@ -260,20 +258,38 @@ def _value_types(graph) -> dict:
     return types
 
 
-def expand_moe_nodes(model) -> None:
+def _times(size, factor: int):
+    """A dim (int or dim_param name) times an int, as the dim of a new value."""
+    return size * factor if isinstance(size, int) else f"{size}*{factor}"
+
+
+def expand_moe_nodes(model, phase: str) -> None:
     """Rewrite, in place, every zoo::moe_experts / zoo::moe_layer node of the graph as single-launch nodes
-    TensorRT's ahead-of-time plugins take (their CUDA path is a routing, a block schedule, two kernels and a
-    sum, and an AOT plugin launches one kernel):
-        MoeExperts(x, logits, w_gate_up, w_down) -> MoeRoutedGateUp(x, logits, w_gate_up) -> h
-                                                    MoeRoutedDown(h, logits, w_down) -> y
-        MoeLayer(x, router_weight, ...)          -> Gemm(x, router_weight, transB=1) -> logits, then as above
-    (zoo/ops/moe_routed: each routes the token from the logits; y equals moe_experts' up to the rounding of
-    h to x's dtype, as its grouped kernels store h). The new values are typed in value_info."""
-    from onnx import helper
+    TensorRT's ahead-of-time plugins take (the MoE ops' GPU path is several launches, and an AOT plugin
+    launches one kernel). MoeLayer first becomes Gemm(x, router_weight, transB=1) -> logits. Then
+        decode:  MoeRoutedGateUp(x, logits, w_gate_up) -> h (T, K, F), MoeRoutedDown(h, logits, w_down) -> y
+                 (zoo/ops/moe_routed: a program per token and slot, which suits a step's few tokens);
+        prefill: MoeSchedule(logits) -> slot weights, slot experts, sorted slots, block experts;
+                 MoeGroupedGateUp(x, w_gate_up, sorted, blocks) -> h (R, F);
+                 MoeGroupedDown(h, w_down, sorted, blocks, weights) -> (T*K, d) fp32;
+                 Reshape (T, K, d), ReduceSum over K, Cast to x's dtype -> y
+                 (zoo/ops/moe_grouped: zoo::moe_experts' own grouped GEMMs, each expert's weights read
+                 once per block of its tokens).
+    y equals moe_experts' up to the rounding of h to x's dtype, as its grouped kernels store h. The new
+    values are typed in value_info."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from zoo.ops.moe_grouped.reference import BLOCK_M, schedule_blocks
 
     graph = model.graph
     types = _value_types(graph)
     nodes = []
+
+    def typed(name, elem_type, shape):
+        graph.value_info.append(helper.make_tensor_value_info(name, elem_type, shape))
+        return name
+
     for node in graph.node:
         if node.domain != DOMAIN or node.op_type not in MOE_OP_TYPES:
             nodes.append(node)
@@ -282,25 +298,51 @@ def expand_moe_nodes(model) -> None:
         if x not in types or w_down not in types:
             raise TensorRTExportError(f"zoo::{node.op_type}'s inputs {x}, {w_down} have no type and shape in the graph")
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        top_k, routing = attributes["top_k"], attributes["routing"]
+        top_k, routing, activation, gated = (attributes[k] for k in ("top_k", "routing", "activation", "gated"))
         elem_type, (tokens, _) = types[x]
-        n_experts, _, d_expert = types[w_down][1]
-        out = node.output[0]
-        logits, hidden = second, f"{out}_moe_hidden"
+        n_experts, d_model, d_expert = types[w_down][1]
+        out, name = node.output[0], node.name
+        logits = second
         if node.op_type == "MoeLayer":
-            logits = f"{out}_router_logits"
-            nodes.append(helper.make_node("Gemm", [x, second], [logits], name=f"{node.name}_router", transB=1))
-            graph.value_info.append(helper.make_tensor_value_info(logits, elem_type, [tokens, n_experts]))
-        graph.value_info.append(helper.make_tensor_value_info(hidden, elem_type, [tokens, top_k, d_expert]))
-        nodes.append(
-            helper.make_node("MoeRoutedGateUp", [x, logits, w_gate_up], [hidden], name=f"{node.name}_gate_up",
-                             domain=DOMAIN, top_k=top_k, routing=routing, activation=attributes["activation"],
-                             gated=attributes["gated"])
-        )  # fmt: skip
-        nodes.append(
-            helper.make_node("MoeRoutedDown", [hidden, logits, w_down], [out], name=f"{node.name}_down",
-                             domain=DOMAIN, top_k=top_k, routing=routing)
-        )  # fmt: skip
+            logits = typed(f"{out}_router_logits", elem_type, [tokens, n_experts])
+            nodes.append(helper.make_node("Gemm", [x, second], [logits], name=f"{name}_router", transB=1))
+        if phase == "decode":
+            hidden = typed(f"{out}_moe_hidden", elem_type, [tokens, top_k, d_expert])
+            nodes += [
+                helper.make_node("MoeRoutedGateUp", [x, logits, w_gate_up], [hidden], name=f"{name}_gate_up",
+                                 domain=DOMAIN, top_k=top_k, routing=routing, activation=activation, gated=gated),
+                helper.make_node("MoeRoutedDown", [hidden, logits, w_down], [out], name=f"{name}_down", domain=DOMAIN,
+                                 top_k=top_k, routing=routing),
+            ]  # fmt: skip
+            continue
+        slots = _times(tokens, top_k)
+        blocks = schedule_blocks(slots, n_experts) if isinstance(slots, int) else f"{out}_blocks"
+        schedule = [
+            typed(f"{out}_slot_weights", TensorProto.FLOAT, [slots]),
+            typed(f"{out}_slot_experts", TensorProto.INT32, [slots]),
+            typed(f"{out}_sorted_slots", TensorProto.INT32, [_times(blocks, BLOCK_M)]),
+            typed(f"{out}_block_experts", TensorProto.INT32, [blocks]),
+        ]
+        hidden = typed(f"{out}_moe_hidden", elem_type, [_times(blocks, BLOCK_M), d_expert])
+        per_slot = typed(f"{out}_slot_outputs", TensorProto.FLOAT, [slots, d_model])
+        per_choice = typed(f"{out}_per_choice", TensorProto.FLOAT, [tokens, top_k, d_model])
+        summed = typed(f"{out}_summed", TensorProto.FLOAT, [tokens, d_model])
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array([-1, top_k, d_model], np.int64), f"{out}_choice_shape"),
+            numpy_helper.from_array(np.array([1], np.int64), f"{out}_choice_axis"),
+        ])  # fmt: skip
+        nodes += [
+            helper.make_node("MoeSchedule", [logits], schedule, name=f"{name}_schedule", domain=DOMAIN, top_k=top_k,
+                             routing=routing),
+            helper.make_node("MoeGroupedGateUp", [x, w_gate_up, schedule[2], schedule[3]], [hidden],
+                             name=f"{name}_gate_up", domain=DOMAIN, top_k=top_k, activation=activation, gated=gated),
+            helper.make_node("MoeGroupedDown", [hidden, w_down, schedule[2], schedule[3], schedule[0]], [per_slot],
+                             name=f"{name}_down", domain=DOMAIN),
+            helper.make_node("Reshape", [per_slot, f"{out}_choice_shape"], [per_choice], name=f"{name}_choices"),
+            helper.make_node("ReduceSum", [per_choice, f"{out}_choice_axis"], [summed], name=f"{name}_sum",
+                             keepdims=0),
+            helper.make_node("Cast", [summed], [out], name=f"{name}_cast", to=elem_type),
+        ]  # fmt: skip
     del graph.node[:]
     graph.node.extend(nodes)
 
@@ -676,7 +718,7 @@ def export_tensorrt(
             for phase in PHASES:
                 entry = body["graphs"][phase]
                 protos[phase], static = tensorrt_onnx(
-                    onnx.load(tmp / entry["file"]), max_seq, jit_ops, plugin_workspace(module), phase == "decode"
+                    onnx.load(tmp / entry["file"]), max_seq, phase, jit_ops, plugin_workspace(module)
                 )
                 check_tensorrt_onnx(protos[phase], phase)
                 graphs[phase] = save_tensorrt_graph(protos[phase], tmp, phase, entry["external_data"] is not None)
@@ -684,7 +726,7 @@ def export_tensorrt(
                 profiles[phase] = input_profile(entry["inputs"], phase_axes)
                 if static:
                     static_cache[phase] = max_seq
-            # the TensorRT graphs' zoo ops (not the ONNX Runtime graphs': expand_moe_nodes replaces decode's MoE ops)
+            # the TensorRT graphs' zoo ops (not the ONNX Runtime graphs': expand_moe_nodes replaces the MoE ops)
             used = sorted(
                 {ops_by_type[n.op_type].name for p in protos.values() for n in p.graph.node if n.domain == DOMAIN}
             )

@@ -6,10 +6,9 @@ What it does with the Dynamo graph:
    as a KV cache, becomes an output that AOTAutograd's wrapper copies back), inference only;
 2. runs the zoo graph passes of the fused pipeline on that ATen graph (idiom fusion, region growth,
    kernel selection; passes/manager.py), so TensorRT sees one node per fused region;
-3. with zoo_ops="plugins" and moe="routed" (the default), rewrites each MoE node as the two routed
-   single-launch ops (`route_moe_nodes`), whose plugins are AOT kernels: the decode step's choice. They
-   read an expert's weights once per routed token, so a long prefill wants moe="grouped", which keeps the
-   MoE ops for their JIT plugins (the grouped GEMMs, Python at run time);
+3. with zoo_ops="plugins", rewrites each MoE node as single-launch ops whose plugins are AOT kernels
+   (`route_moe_nodes`): moe="routed" (the default; a decode step) the two routed ops, which read an
+   expert's weights once per routed token; moe="grouped" (a prefill) the schedule and the grouped GEMMs;
 4. registers a torch-tensorrt converter for every zoo op left in the graph (`converter_ops`), which adds
    the op's TensorRT plugin to the network, and hands the graph to torch-tensorrt's dynamo backend
    (`torch.compile(backend="torch_tensorrt")`'s function, with the options as CompilationSettings), which
@@ -158,26 +157,39 @@ def converter_ops(gm: torch.fx.GraphModule) -> dict[str, int]:
     return counts
 
 
-def route_moe_nodes(gm: torch.fx.GraphModule) -> int:
-    """Rewrite, in place, every zoo::moe_experts / zoo::moe_layer node as zoo::moe_routed_gate_up then
-    zoo::moe_routed_down (moe_layer's router as an aten.mm first): ops whose plugins are single-launch AOT
-    kernels, where the MoE ops' own plugins are JIT (several launches). The same rewrite as the ONNX path's
-    (export.tensorrt.expand_moe_nodes). Returns the number of nodes rewritten."""
-    graph, zoo = gm.graph, torch.ops.zoo
-    aten = torch.ops.aten
+def route_moe_nodes(gm: torch.fx.GraphModule, mode: str = "routed") -> int:
+    """Rewrite, in place, every zoo::moe_experts / zoo::moe_layer node (moe_layer's router as an aten.mm
+    first) as single-launch ops whose plugins are AOT kernels, where the MoE ops' own plugins are JIT
+    (several launches): mode "routed", zoo::moe_routed_gate_up then zoo::moe_routed_down (a decode step's
+    few tokens); "grouped", zoo::moe_schedule, zoo::moe_grouped_gate_up, zoo::moe_grouped_down and the sum
+    over the K choices (a prefill: each expert's weights read once per block of its tokens). The ONNX
+    path's rewrite is the same (export.tensorrt.expand_moe_nodes). Returns the number of nodes rewritten."""
+    import operator
+
+    graph, zoo, aten = gm.graph, torch.ops.zoo, torch.ops.aten
     rewritten = 0
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in (zoo.moe_experts.default, zoo.moe_layer.default):
             continue
         x, second, w_gate_up, w_down, top_k, routing, activation, gated = node.args
+        call = graph.call_function
         with graph.inserting_before(node):
             logits = second
             if node.target is zoo.moe_layer.default:
-                logits = graph.call_function(aten.mm.default, (x, graph.call_function(aten.t.default, (second,))))
-            hidden = graph.call_function(
-                zoo.moe_routed_gate_up.default, (x, logits, w_gate_up, top_k, routing, activation, gated)
-            )
-            out = graph.call_function(zoo.moe_routed_down.default, (hidden, logits, w_down, top_k, routing))
+                logits = call(aten.mm.default, (x, call(aten.t.default, (second,))))
+            if mode == "routed":
+                hidden = call(zoo.moe_routed_gate_up.default, (x, logits, w_gate_up, top_k, routing, activation, gated))
+                out = call(zoo.moe_routed_down.default, (hidden, logits, w_down, top_k, routing))
+            else:
+                schedule = call(zoo.moe_schedule.default, (logits, top_k, routing))
+                weights, _, sorted_slots, blocks = (call(operator.getitem, (schedule, i)) for i in range(4))
+                hidden = call(zoo.moe_grouped_gate_up.default, (x, w_gate_up, sorted_slots, blocks, top_k, activation,
+                                                                gated))  # fmt: skip
+                per_slot = call(zoo.moe_grouped_down.default, (hidden, w_down, sorted_slots, blocks, weights))
+                d_model = w_down.meta["val"].shape[1]
+                per_choice = call(aten.view.default, (per_slot, [-1, top_k, d_model]))
+                summed = call(aten.sum.dim_IntList, (per_choice, [1]))
+                out = call(aten._to_copy.default, (summed,), {"dtype": x.meta["val"].dtype})
         node.replace_all_uses_with(out)
         graph.erase_node(node)
         rewritten += 1
@@ -307,8 +319,8 @@ def tensorrt_backend(gm: torch.fx.GraphModule, example_inputs, options: TensorRT
 
     def compile_forward(aten_gm: torch.fx.GraphModule, inputs):
         gm.meta["zoo_pass_hits"] = run_graph_passes(aten_gm, options.disabled)
-        if options.zoo_ops == "plugins" and options.moe == "routed":
-            gm.meta["zoo_pass_hits"]["tensorrt.route_moe"] = route_moe_nodes(aten_gm)
+        if options.zoo_ops == "plugins":
+            gm.meta["zoo_pass_hits"]["tensorrt.route_moe"] = route_moe_nodes(aten_gm, options.moe)
         ops = converter_ops(aten_gm)
         in_torch = register_plugin_converters(ops) if options.zoo_ops == "plugins" else list(ops)
         record = {"converter_ops": ops, "plugins": [n for n in ops if n not in in_torch], "in_torch": in_torch}

@@ -12,11 +12,12 @@ import re
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 
 import zoo
 from export.artifact import verify
-from export.onnx_ops import DOMAIN
+from export.onnx_ops import DOMAIN, arguments
 from export.tensorrt import (
     BUILD_SCRIPT,
     TensorRTExportError,
@@ -38,6 +39,7 @@ from tests.test_bad_inputs import assert_error, cli, snapshot, workdir  # noqa: 
 from zoo.cli import main
 from zoo.errors import ZooError
 from zoo.ops import tensorrt_plugin as tp
+from zoo.ops.moe_experts import moe_experts_ref
 from zoo.ops.registry import zoo_ops
 
 FAMILIES = [
@@ -81,8 +83,8 @@ def test_tensorrt_graphs_are_plugin_nodes_and_supported_ops(artifacts, name):
         zoo_nodes = [node for node in proto.graph.node if node.domain == DOMAIN]
         onnx_runtime_nodes = manifest["graphs"][phase]["zoo_nodes"]
         moe_nodes = sum(onnx_runtime_nodes.get(op, 0) for op in ("moe_experts", "moe_layer"))
-        routed = moe_nodes if phase == "decode" else 0  # in the decode graph an MoE node becomes two
-        assert len(zoo_nodes) == sum(onnx_runtime_nodes.values()) + routed
+        per_moe = 2 if phase == "decode" else 3  # the routed pair, or the schedule and two grouped GEMMs
+        assert len(zoo_nodes) == sum(onnx_runtime_nodes.values()) + (per_moe - 1) * moe_nodes
         assert len(zoo_nodes) > 0 or name == "gpt-tiny"  # gpt's LayerNorm and GELU stay standard ops
         assert len(zoo_nodes) == section["graphs"][phase]["plugin_nodes"]
         for node in zoo_nodes:
@@ -91,20 +93,23 @@ def test_tensorrt_graphs_are_plugin_nodes_and_supported_ops(artifacts, name):
             (op,) = [op for op in zoo_ops().values() if op.op_type == node.op_type]
             plugin = section["plugins"][op.name]
             assert plugin["id"] == f"zoo::{node.op_type}" and not node.overload
-            # every node an AOT kernel but prefill's MoE layers (JIT: the grouped GEMMs)
-            assert attributes["aot"] == int(not (phase == "prefill" and op.name in ("moe_experts", "moe_layer")))
-            assert plugin["implementation"] == ("aot" if attributes["aot"] else "jit")
+            assert attributes["aot"] == 1 and plugin["implementation"] == "aot"  # every node: an AOT kernel
             # a plugin's workspace: outputs after the op's, which nothing reads
             n_outputs = len(op.overload._schema.returns)
             workspace = [f"{node.output[0]}_{name}" for name, _ in tp.plugins()[op.name].workspace]
             assert list(node.output[n_outputs:]) == workspace
             read = {value for n in proto.graph.node for value in n.input} | {o.name for o in proto.graph.output}
             assert not read & set(workspace)
-        if name == "moe-tiny":  # decode: each MoE layer as two routed single-launch nodes (expand_moe_nodes)
+        if name == "moe-tiny":  # each MoE layer as single-launch nodes (expand_moe_nodes)
             types = [node.op_type for node in zoo_nodes]
-            routed_types = ("MoeRoutedGateUp", "MoeRoutedDown")
-            assert [types.count(t) for t in ("MoeLayer", *routed_types)] == ([0, 2, 2] if routed else [2, 0, 0])
-            assert section["graphs"][phase]["jit_plugin_nodes"] == moe_nodes - routed
+            single = ["MoeRoutedGateUp", "MoeRoutedDown"] if phase == "decode" else ["MoeSchedule", "MoeGroupedGateUp",
+                                                                                   "MoeGroupedDown"]  # fmt: skip
+            assert (
+                [types.count(t) for t in ["MoeLayer", *single]]
+                == [0] + [moe_nodes] * len(single)
+                == [0, 2, 2, 2][: len(single) + 1]
+            )
+            assert section["graphs"][phase]["jit_plugin_nodes"] == 0
         if name.startswith("mamba2") and phase == "decode":  # the grown region, with its gate workspace
             steps = [node for node in zoo_nodes if node.op_type == "Mamba2DecodeStep"]
             assert steps and all(len(node.output) == 4 for node in steps)
@@ -283,7 +288,8 @@ def moe_experts_graph(typed_input: bool):
     the untyped output of an Identity."""
     from onnx import TensorProto, helper, numpy_helper
 
-    weights = [numpy_helper.from_array(np.zeros(shape, np.float32), name) for name, shape in
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape, np.float32), name) for name, shape in
                (("w_in", (4, 12, 8)), ("w_down", (4, 8, 6)))]  # fmt: skip
     moe = helper.make_node("MoeExperts", ["hidden", "logits", "w_in", "w_down"], ["y"], domain=DOMAIN, top_k=2,
                            routing="softmax-topk", activation="silu", gated=1)  # fmt: skip
@@ -296,17 +302,65 @@ def moe_experts_graph(typed_input: bool):
     return helper.make_model(graph)
 
 
-def test_an_moe_experts_node_becomes_the_two_routed_nodes():
+def test_an_moe_experts_node_becomes_the_two_routed_nodes_in_decode():
     model = moe_experts_graph(typed_input=True)
-    expand_moe_nodes(model)
+    expand_moe_nodes(model, "decode")
     nodes = [(n.op_type, list(n.input), list(n.output)) for n in model.graph.node]
     assert nodes[1:] == [
         ("MoeRoutedGateUp", ["hidden", "logits", "w_in"], ["y_moe_hidden"]),
         ("MoeRoutedDown", ["y_moe_hidden", "logits", "w_down"], ["y"]),
     ]
     assert value_specs(model.graph)["y_moe_hidden"] == {"dtype": "float32", "shape": ["tokens", 2, 6]}
+    x, logits = torch.randn(5, 8), torch.randn(5, 4)
+    values = run_with_references(model, {"x": x, "logits": logits})
+    w_in, w_down = (torch.from_numpy(onnx.numpy_helper.to_array(i)) for i in model.graph.initializer[:2])
+    torch.testing.assert_close(values["y"], moe_experts_ref(x, logits, w_in, w_down, 2, "softmax-topk", "silu", True))
+
+
+def test_an_moe_experts_node_becomes_the_schedule_and_grouped_nodes_in_prefill():
+    """The graph's structure, and its numbers: run in ONNX Runtime with the three ops' references as local
+    functions, it gives moe_experts' reference."""
+    model = moe_experts_graph(typed_input=True)
+    expand_moe_nodes(model, "prefill")
+    assert [n.op_type for n in model.graph.node] == [
+        "Identity", "MoeSchedule", "MoeGroupedGateUp", "MoeGroupedDown", "Reshape", "ReduceSum", "Cast",
+    ]  # fmt: skip
+    specs = value_specs(model.graph)
+    assert specs["y_sorted_slots"] == {"dtype": "int32", "shape": ["y_blocks*64"]}
+    assert specs["y_moe_hidden"]["shape"] == ["y_blocks*64", 6] and specs["y_slot_outputs"]["shape"] == ["tokens*2", 8]
+    x, logits = torch.randn(37, 8), torch.randn(37, 4)
+    values = run_with_references(model, {"x": x, "logits": logits})
+    w_in, w_down = (torch.from_numpy(onnx.numpy_helper.to_array(i)) for i in model.graph.initializer[:2])
+    torch.testing.assert_close(values["y"], moe_experts_ref(x, logits, w_in, w_down, 2, "softmax-topk", "silu", True))
+
+
+def run_with_references(model, feeds: dict) -> dict:
+    """Every value of a small graph, its zoo nodes run as their ops' references (attributes in schema
+    order) and the few standard ops here as torch: the wiring of a rewritten graph, checked by numbers."""
+    from onnx import helper, numpy_helper
+
+    ops = {op.op_type: op for op in zoo_ops().values()}
+    values = {**feeds, **{i.name: torch.from_numpy(numpy_helper.to_array(i)) for i in model.graph.initializer}}
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+        inputs = [values[name] for name in node.input]
+        if node.domain == DOMAIN:
+            op = ops[node.op_type]
+            result = op.reference(*inputs, *(attrs[a.name] for a in arguments(op) if a.kind == "attribute"))
+        elif node.op_type == "Identity":
+            result = inputs[0]
+        elif node.op_type == "Reshape":
+            result = inputs[0].reshape(inputs[1].tolist())
+        elif node.op_type == "ReduceSum":
+            result = inputs[0].sum(dim=inputs[1].tolist(), keepdim=bool(attrs["keepdims"]))
+        else:  # Cast, to the graph's float32
+            assert node.op_type == "Cast" and attrs["to"] == onnx.TensorProto.FLOAT
+            result = inputs[0].float()
+        values.update(zip(node.output, result if isinstance(result, tuple) else (result,)))
+    return values
 
 
 def test_an_moe_node_without_typed_inputs_is_refused():
     with pytest.raises(TensorRTExportError, match="zoo::MoeExperts's inputs hidden, w_down have no type and shape"):
-        expand_moe_nodes(moe_experts_graph(typed_input=False))
+        expand_moe_nodes(moe_experts_graph(typed_input=False), "decode")

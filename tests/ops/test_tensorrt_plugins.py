@@ -19,6 +19,7 @@ from torch.fx.experimental.symbolic_shapes import ShapeEnv
 import zoo.ops.tensorrt_plugin as tp
 from export.onnx_ops import op_type
 from zoo.errors import MissingDependencyError
+from zoo.ops.moe_grouped import moe_schedule_ref
 from zoo.ops.registry import zoo_ops
 from zoo.ops.triton_aot import ptxas_resources
 
@@ -26,7 +27,8 @@ BATCH, LENGTH = 3, 7  # no static size of the cases below equals either, so they
 SYMBOLS = {BATCH: "B", LENGTH: "L"}
 AOT_OPS = ["rms_norm", "add_rms_norm", "gated_rms_norm", "swiglu", "rope", "causal_conv1d", "causal_conv1d_update",
            "ssd_state_update", "ssd_chunk_scan", "dmc_decode_attention", "dmc_prefill_cache",
-           "mamba2_decode_step", "moe_routed_gate_up", "moe_routed_down"]  # fmt: skip
+           "mamba2_decode_step", "moe_routed_gate_up", "moe_routed_down", "moe_schedule", "moe_grouped_gate_up",
+           "moe_grouped_down"]  # fmt: skip
 JIT_OPS = ["moe_experts", "moe_layer"]
 
 
@@ -85,6 +87,28 @@ def case(op: str, b: int, L: int, dtype: torch.dtype = torch.float32) -> tuple:
     if op == "moe_routed_down":
         h, logits = rand(b * L, 2, 6, dtype=dtype), rand(b * L, 4, dtype=dtype)
         return h, logits, rand(4, 8, 6, dtype=dtype), 2, "topk-softmax"
+    if op in ("moe_schedule", "moe_grouped_gate_up", "moe_grouped_down"):  # 2*b*L slots over 4 experts
+        logits = rand(b * L, 4, dtype=dtype)
+        if op == "moe_schedule":
+            return logits, 2, "softmax-topk"
+        weights, _, sorted_slots, block_experts = moe_schedule_ref(logits, 2, "softmax-topk")
+        if op == "moe_grouped_gate_up":
+            return (
+                rand(b * L, 8, dtype=dtype),
+                rand(4, 12, 8, dtype=dtype),
+                sorted_slots,
+                block_experts,
+                2,
+                "silu",
+                True,
+            )
+        return (
+            rand(sorted_slots.shape[0], 6, dtype=dtype),
+            rand(4, 8, 6, dtype=dtype),
+            sorted_slots,
+            block_experts,
+            weights,
+        )
     if op == "mamba2_decode_step":  # 4 heads of 8, 2 groups of state 6: conv_dim 32 + 24
         window, xbc, conv_weight = rand(b, 56, 4, dtype=dtype), rand(b, 56, dtype=dtype), rand(56, 4, dtype=dtype)
         bias = rand(56, dtype=dtype) if L != 5 else None  # absent in one SHAPE_CASE, present at LENGTH
@@ -195,8 +219,8 @@ def test_aot_payload_matches_the_triton_launcher(op, payloads, monkeypatch):
     assert payload["block"] == [32 * num_warps, 1, 1] and payload["shared_mem"] >= 0
     for name, expr in zip(payload["extra_arg_names"], payload["extra_args"]):
         assert tp.evaluate_size(expr, values) == arguments[name], name
-    for name, value in payload["constexprs"].items():  # block sizes, and the float scalars baked in
-        assert value == pytest.approx(arguments[name]), name
+    for name, value in payload["constexprs"].items():  # block sizes, modes, and the float scalars baked in
+        assert value == (pytest.approx(arguments[name]) if isinstance(value, float) else arguments[name]), name
     tensors, _ = split(op, args)
     n_in, n_extra = len(tensors), len(payload["extra_arg_names"])
     order = payload["param_order"]

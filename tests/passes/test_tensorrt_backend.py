@@ -257,14 +257,17 @@ def test_moe_route_hands_routed_single_launch_ops_to_plugins(monkeypatch, phase)
     assert meta["zoo_pass_hits"]["tensorrt.route_moe"] == meta["zoo_pass_hits"]["region_growth.moe_layer"] == layers
 
 
-def test_moe_grouped_keeps_the_moe_layer_for_its_plugin(monkeypatch):
+def test_moe_grouped_hands_the_schedule_and_grouped_ops_to_plugins(monkeypatch):
     monkeypatch.setattr(trt_backend, "register_plugin_converters", lambda ops: [])
     model = tiny_model("moe-tiny")
     options = {"target": "tensorrt", "moe": "grouped"}
     want, got, received, meta = compile_with_stand_in(monkeypatch, model, "prefill", options)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    assert received["ops"]["moe_layer"] == model.config.n_layers and "moe_routed_gate_up" not in received["ops"]
-    assert "tensorrt.route_moe" not in meta["zoo_pass_hits"]
+    layers = model.config.n_layers
+    grouped = ("moe_schedule", "moe_grouped_gate_up", "moe_grouped_down")
+    assert [received["ops"].get(op) for op in grouped] == [layers] * 3
+    assert not {"moe_layer", "moe_routed_gate_up"} & set(received["ops"])
+    assert meta["zoo_pass_hits"]["tensorrt.route_moe"] == layers
 
 
 def test_mamba2_route_without_growth_needs_the_region_ops(monkeypatch):

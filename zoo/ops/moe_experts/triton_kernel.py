@@ -1,27 +1,30 @@
 """Triton implementation of zoo::moe_experts: a grouped GEMM over blocks of token slots sorted by expert.
 
-The schedule is built on the device with torch ops and has a fixed maximum size, so nothing reads counts
-on the host and a CUDA graph can hold the whole op ("align block size", as vLLM's fused MoE does):
+The routing and schedule are one kernel (zoo::moe_schedule's, zoo/ops/moe_grouped/triton_kernel.py; after
+zoo::moe_layer's routing kernel, `block_schedule`'s torch ops) and have a fixed maximum size, so nothing
+reads counts on the host and a CUDA graph can hold the whole op ("align block size", as vLLM's fused MoE
+does):
 - the T*K slots (token t, choice k) are sorted by expert; each expert's group is padded to a multiple of
   BLOCK_M; `sorted_slots` lists the slot ids in that order, with T*K marking a padding row;
 - a group of c slots takes ceil(c / BLOCK_M) blocks, so there are at most ceil(T*K / BLOCK_M) + N blocks;
   `block_experts` gives each block's expert, -1 for the blocks past the last group (they exit at once).
 Kernel 1 computes h = act(x W_gate^T) * (x W_up^T) (or act(x W_up^T)) for a block of rows and hidden units,
 from the fused w_gate_up; kernel 2 computes h W_down^T times the slot's routing weight and stores it at the
-slot's row, each slot written once (no atomics); the sum over a token's K slots is a torch op.
-Routing (top-K and softmax, fp32) runs as torch ops on the device as well. The expert activation is a
-jitted helper (`activate`), which zoo::moe_routed's gate/up kernel shares.
+slot's row, each slot written once (no atomics); the sum over a token's K slots is a torch op. Each
+kernel is also an op of its own (zoo::moe_grouped_gate_up, zoo::moe_grouped_down), the TensorRT form of a
+prefill. The expert activation is a jitted helper (`activate`), which zoo::moe_routed's gate/up kernel
+shares.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from zoo.ops.moe_experts.reference import route
+from zoo.ops.moe_grouped.reference import BLOCK_M, block_schedule
 from zoo.ops.triton_aot import KernelSpec
 
 ACTIVATION_CODES = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3, "relu2": 4}
-BLOCK_M, BLOCK_F, BLOCK_D = 64, 64, 32
+BLOCK_F, BLOCK_D = 64, 32
 
 
 @triton.jit
@@ -46,9 +49,9 @@ def activate(a, ACTIVATION: tl.constexpr):
 def moe_gate_up_kernel(
     x_ptr,
     w_ptr,
-    h_ptr,
     sorted_slots_ptr,
     block_experts_ptr,
+    h_ptr,
     n_slots,
     d_model,
     d_expert,
@@ -67,13 +70,13 @@ def moe_gate_up_kernel(
 ):
     block = tl.program_id(0)
     expert = tl.load(block_experts_ptr + block)
-    if expert >= 0:  # blocks past the last group do nothing
-        rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+    f_mask = f < d_expert
+    if expert >= 0:
         slots = tl.load(sorted_slots_ptr + rows)
         valid = slots < n_slots
         tokens = slots // TOP_K
-        f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
-        f_mask = f < d_expert
         w_expert = w_ptr + expert.to(tl.int64) * stride_we
         acc_up = tl.full((BLOCK_M, BLOCK_F), 0.0, tl.float32)
         acc_gate = tl.full((BLOCK_M, BLOCK_F), 0.0, tl.float32)
@@ -97,22 +100,21 @@ def moe_gate_up_kernel(
                     w_gate = w_gate.to(tl.float32)
                 acc_gate += tl.dot(x, w_gate, input_precision=DOT_PRECISION)
         a = activate(acc_gate if GATED else acc_up, ACTIVATION)
-        h = a * acc_up if GATED else a
-        tl.store(
-            h_ptr + rows[:, None] * stride_h + f[None, :],
-            h.to(h_ptr.dtype.element_ty),
-            mask=valid[:, None] & f_mask[None, :],
-        )
+        h = a * acc_up if GATED else a  # 0 on padding rows, whose x is loaded as 0
+        tl.store(h_ptr + rows[:, None] * stride_h + f[None, :], h.to(h_ptr.dtype.element_ty), mask=f_mask[None, :])
+    else:  # the blocks past the last group: rows of 0
+        zeros = tl.full((BLOCK_M, BLOCK_F), 0.0, tl.float32).to(h_ptr.dtype.element_ty)
+        tl.store(h_ptr + rows[:, None] * stride_h + f[None, :], zeros, mask=f_mask[None, :])
 
 
 @triton.jit
 def moe_down_kernel(
     h_ptr,
     w_ptr,
-    out_ptr,
     sorted_slots_ptr,
     block_experts_ptr,
     slot_weights_ptr,
+    out_ptr,
     n_slots,
     d_model,
     d_expert,
@@ -153,28 +155,6 @@ def moe_down_kernel(
         tl.store(out_ptr + slots[:, None] * stride_out + n[None, :], acc, mask=valid[:, None] & n_mask[None, :])
 
 
-def block_schedule(flat_experts: torch.Tensor, n_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sorted_slots (max_blocks * block_m,) int32, block_experts (max_blocks,) int32) for the slots'
-    experts flat_experts (T*K,), with torch ops only (no host sync)."""
-    n_slots = flat_experts.numel()
-    device = flat_experts.device
-    max_blocks = triton.cdiv(n_slots, block_m) + n_experts
-    counts = torch.zeros(n_experts, dtype=torch.int64, device=device)
-    counts.scatter_add_(0, flat_experts, torch.ones_like(flat_experts))
-    padded_counts = (counts + block_m - 1) // block_m * block_m
-    padded_ends = padded_counts.cumsum(0)
-    order = flat_experts.argsort(stable=True)
-    sorted_experts = flat_experts[order]
-    rank_in_group = torch.arange(n_slots, device=device) - (counts.cumsum(0) - counts)[sorted_experts]
-    rows = (padded_ends - padded_counts)[sorted_experts] + rank_in_group
-    sorted_slots = torch.full((max_blocks * block_m,), n_slots, dtype=torch.int32, device=device)
-    sorted_slots.index_copy_(0, rows, order.to(torch.int32))
-    block_starts = torch.arange(max_blocks, device=device) * block_m
-    block_experts = torch.searchsorted(padded_ends, block_starts, right=True)
-    block_experts = torch.where(block_experts < n_experts, block_experts, -1).to(torch.int32)
-    return sorted_slots, block_experts
-
-
 def dot_options(x: torch.Tensor) -> tuple[bool, str]:
     """(upcast, input precision) of the tiles' dot products: the interpreter holds bf16 as raw bits, and
     fp32 tiles are multiplied in fp32 anyway, so tiles are upcast off the GPU; fp32 inputs are multiplied
@@ -193,8 +173,17 @@ def moe_experts_triton(
     activation: str,
     gated: bool,
 ) -> torch.Tensor:
-    weights, experts = route(router_logits, top_k, routing)
-    return routed_experts_triton(x, weights, experts, w_gate_up, w_down, activation, gated)
+    from zoo.ops.moe_grouped.triton_kernel import moe_schedule_triton
+
+    weights, _, sorted_slots, block_experts = moe_schedule_triton(router_logits, top_k, routing)
+    return grouped_experts_triton(x, weights, sorted_slots, block_experts, w_gate_up, w_down, top_k, activation, gated)
+
+
+def grouped_experts_triton(x, slot_weights, sorted_slots, block_experts, w_gate_up, w_down, top_k, activation, gated):
+    """The two grouped kernels on a schedule, then the sum over each token's K slots (a torch op)."""
+    h = moe_grouped_gate_up_triton(x, w_gate_up, sorted_slots, block_experts, top_k, activation, gated)
+    out = moe_grouped_down_triton(h, w_down, sorted_slots, block_experts, slot_weights)
+    return out.view(x.shape[0], top_k, -1).sum(dim=1).to(x.dtype)
 
 
 def routed_experts_triton(
@@ -208,22 +197,27 @@ def routed_experts_triton(
 ) -> torch.Tensor:
     """The expert compute of routed tokens: weights (T, K) fp32 and experts (T, K) from the routing ->
     y (T, d) = sum over k of weights[:, k] x expert_k(x), by the gate/up and down kernels."""
-    T, d_model = x.shape
-    top_k = experts.shape[1]
-    n_experts, _, d_expert = w_down.shape
-    x, w_gate_up, w_down = x.contiguous(), w_gate_up.contiguous(), w_down.contiguous()
-    n_slots = T * top_k
-    sorted_slots, block_experts = block_schedule(experts.flatten(), n_experts, BLOCK_M)
-    max_blocks = block_experts.numel()
+    sorted_slots, block_experts = block_schedule(experts.flatten(), w_down.shape[0], BLOCK_M)
+    return grouped_experts_triton(x, weights.flatten(), sorted_slots, block_experts, w_gate_up, w_down,
+                                  experts.shape[1], activation, gated)  # fmt: skip
+
+
+def moe_grouped_gate_up_triton(x, w_gate_up, sorted_slots, block_experts, top_k, activation, gated):
+    """h (blocks * BLOCK_M, F) in x's dtype: row r holds the hidden activations of slot sorted_slots[r]
+    under its block's expert; padding rows are 0 (every element is written: a TensorRT output)."""
+    d_model = x.shape[1]
+    d_expert = w_gate_up.shape[1] // 2 if gated else w_gate_up.shape[1]
+    x, w_gate_up = x.contiguous(), w_gate_up.contiguous()
+    n_blocks = block_experts.numel()
     upcast, precision = dot_options(x)
-    h = torch.empty(max_blocks * BLOCK_M, d_expert, dtype=x.dtype, device=x.device)
-    moe_gate_up_kernel[(max_blocks, triton.cdiv(d_expert, BLOCK_F))](
+    h = torch.empty(n_blocks * BLOCK_M, d_expert, dtype=x.dtype, device=x.device)
+    moe_gate_up_kernel[(n_blocks, triton.cdiv(d_expert, BLOCK_F))](
         x,
         w_gate_up,
-        h,
         sorted_slots,
         block_experts,
-        n_slots,
+        h,
+        x.shape[0] * top_k,
         d_model,
         d_expert,
         x.stride(0),
@@ -239,14 +233,23 @@ def routed_experts_triton(
         BLOCK_F=BLOCK_F,
         BLOCK_D=BLOCK_D,
     )
-    out = torch.empty(n_slots, d_model, dtype=torch.float32, device=x.device)
-    moe_down_kernel[(max_blocks, triton.cdiv(d_model, BLOCK_F))](
+    return h
+
+
+def moe_grouped_down_triton(h, w_down, sorted_slots, block_experts, slot_weights):
+    """out (T*K, d) fp32: slot s's row is slot_weights[s] x W_down[its expert] h[its row]."""
+    n_experts, d_model, d_expert = w_down.shape
+    n_slots = slot_weights.numel()
+    w_down = w_down.contiguous()
+    upcast, precision = dot_options(h)
+    out = torch.empty(n_slots, d_model, dtype=torch.float32, device=h.device)
+    moe_down_kernel[(block_experts.numel(), triton.cdiv(d_model, BLOCK_F))](
         h,
         w_down,
-        out,
         sorted_slots,
         block_experts,
-        weights.flatten().contiguous(),
+        slot_weights.contiguous(),
+        out,
         n_slots,
         d_model,
         d_expert,
@@ -260,7 +263,7 @@ def routed_experts_triton(
         BLOCK_N=BLOCK_F,
         BLOCK_F=BLOCK_D,
     )
-    return out.view(T, top_k, d_model).sum(dim=1).to(x.dtype)
+    return out
 
 
 def _specs(dtype: str) -> list[KernelSpec]:
@@ -272,8 +275,9 @@ def _specs(dtype: str) -> list[KernelSpec]:
         name=f"moe_gate_up_{dtype}",
         fn=moe_gate_up_kernel,
         signature={
-            **dict.fromkeys(("x_ptr", "w_ptr", "h_ptr"), f"*{dtype}"),
+            **dict.fromkeys(("x_ptr", "w_ptr"), f"*{dtype}"),
             **dict.fromkeys(("sorted_slots_ptr", "block_experts_ptr"), "*i32"),
+            "h_ptr": f"*{dtype}",
             **dict.fromkeys(
                 ("n_slots", "d_model", "d_expert", "stride_x", "stride_we", "stride_wf", "stride_h"), "i32"
             ),
@@ -287,9 +291,9 @@ def _specs(dtype: str) -> list[KernelSpec]:
         fn=moe_down_kernel,
         signature={
             **dict.fromkeys(("h_ptr", "w_ptr"), f"*{dtype}"),
-            "out_ptr": "*fp32",
             **dict.fromkeys(("sorted_slots_ptr", "block_experts_ptr"), "*i32"),
             "slot_weights_ptr": "*fp32",
+            "out_ptr": "*fp32",
             **dict.fromkeys(
                 ("n_slots", "d_model", "d_expert", "stride_h", "stride_we", "stride_wd", "stride_out"), "i32"
             ),

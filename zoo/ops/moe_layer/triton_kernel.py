@@ -25,6 +25,37 @@ ROUTING_BLOCK_T, ROUTING_BLOCK_D = 32, 32
 
 
 @triton.jit
+def top_k_routing(logits, n_experts, TOP_K: tl.constexpr, SOFTMAX_FIRST: tl.constexpr, BLOCK_T: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """(top_experts (BLOCK_T, BLOCK_K) int64, top_scores (BLOCK_T, BLOCK_K) fp32) of fp32 logits (BLOCK_T,
+    BLOCK_N) whose columns past n_experts are padding, routed as the module docstring says."""
+    experts = tl.arange(0, BLOCK_N)
+    expert_mask = experts < n_experts
+    logits = tl.where(expert_mask[None, :], logits, float("-inf"))
+    row_max = tl.max(logits, axis=1)
+    if SOFTMAX_FIRST:
+        probs = tl.exp(logits - row_max[:, None])
+        probs = probs / tl.sum(probs, axis=1)[:, None]
+        scores = tl.where(expert_mask[None, :], probs, float("-inf"))  # padding never wins, even over p = 0
+    else:
+        scores = logits
+    k_index = tl.arange(0, BLOCK_K)
+    top_scores = tl.full((BLOCK_T, BLOCK_K), 0.0, tl.float32)
+    top_experts = tl.full((BLOCK_T, BLOCK_K), 0, tl.int64)
+    for k in range(TOP_K):
+        best = tl.max(scores, axis=1)
+        winner = tl.min(tl.where(scores == best[:, None], experts[None, :], BLOCK_N), axis=1)  # lowest tied index
+        top_scores = tl.where(k_index[None, :] == k, best[:, None], top_scores)
+        top_experts = tl.where(k_index[None, :] == k, winner[:, None], top_experts)
+        scores = tl.where(experts[None, :] == winner[:, None], float("-inf"), scores)
+    if not SOFTMAX_FIRST:
+        # softmax over the K chosen logits; the largest of them is the row's maximum
+        top = tl.where(k_index[None, :] < TOP_K, tl.exp(top_scores - row_max[:, None]), 0.0)
+        top_scores = top / tl.sum(top, axis=1)[:, None]
+    return top_experts, top_scores
+
+
+@triton.jit
 def moe_routing_kernel(
     x_ptr,
     w_ptr,
@@ -71,27 +102,8 @@ def moe_routing_kernel(
         logits = bits.to(tl.float32, bitcast=True)
     else:
         logits = acc.to(x_ptr.dtype.element_ty).to(tl.float32)
-    logits = tl.where(expert_mask[None, :], logits, float("-inf"))
-    row_max = tl.max(logits, axis=1)
-    if SOFTMAX_FIRST:
-        probs = tl.exp(logits - row_max[:, None])
-        probs = probs / tl.sum(probs, axis=1)[:, None]
-        scores = tl.where(expert_mask[None, :], probs, float("-inf"))  # padding never wins, even over p = 0
-    else:
-        scores = logits
+    top_experts, top_scores = top_k_routing(logits, n_experts, TOP_K, SOFTMAX_FIRST, BLOCK_T, BLOCK_N, BLOCK_K)
     k_index = tl.arange(0, BLOCK_K)
-    top_scores = tl.full((BLOCK_T, BLOCK_K), 0.0, tl.float32)
-    top_experts = tl.full((BLOCK_T, BLOCK_K), 0, tl.int64)
-    for k in range(TOP_K):
-        best = tl.max(scores, axis=1)
-        winner = tl.min(tl.where(scores == best[:, None], experts[None, :], BLOCK_N), axis=1)  # lowest tied index
-        top_scores = tl.where(k_index[None, :] == k, best[:, None], top_scores)
-        top_experts = tl.where(k_index[None, :] == k, winner[:, None], top_experts)
-        scores = tl.where(experts[None, :] == winner[:, None], float("-inf"), scores)
-    if not SOFTMAX_FIRST:
-        # softmax over the K chosen logits; the largest of them is the row's maximum
-        top = tl.where(k_index[None, :] < TOP_K, tl.exp(top_scores - row_max[:, None]), 0.0)
-        top_scores = top / tl.sum(top, axis=1)[:, None]
     out_mask = token_mask[:, None] & (k_index[None, :] < TOP_K)
     offsets = tokens[:, None] * TOP_K + k_index[None, :]
     tl.store(weights_ptr + offsets, top_scores, mask=out_mask)
