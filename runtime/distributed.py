@@ -7,6 +7,7 @@ on GPU LOCAL_RANK), gloo on CPU. The world is laid out as a device mesh ("replic
 world = P x R, R replicas of a degree-P group (every replica runs the same request).
 """
 
+import atexit
 import os
 import sys
 
@@ -64,6 +65,7 @@ def init_tensor_parallel(tp: int):
         if launched_world_size() is None:  # --tp 1 in a plain process: a group of one
             os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
         dist.init_process_group("nccl" if kind == "cuda" else "gloo")
+        atexit.register(shutdown)  # a process exiting with a live group can abort in its threads' teardown
     mesh = init_device_mesh(kind, (world // tp, tp), mesh_dim_names=("replica", "tp"))
     return TensorParallelGroup(mesh["tp"].get_group()), device
 
@@ -91,7 +93,11 @@ def print_on_main_only() -> None:
 
 
 def shutdown() -> None:
+    """Destroy the default process group once every rank is here: rank 0's process holds the group's
+    store, so no rank may tear down while another still uses it."""
     import torch.distributed as dist
 
     if dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
