@@ -1,14 +1,11 @@
 """Triton kernels of the routed MoE ops: one launch each, no block schedule, so that each is a TensorRT
 ahead-of-time plugin.
 
-Every program routes its token from the router logits (`route_token`): the N logits (padded to BLOCK_E
-and masked) in fp32, then
-- "softmax-topk": p = softmax over the N, the K largest p;
-- "topk-softmax": the K largest logits, softmax over those K;
-as K rounds of argmax, each masking its winner, so the experts come out in descending order as torch.topk
-gives them; among exactly equal scores the lowest expert index wins (zoo::moe_layer's routing kernel does
-the same). The weights are vectors over the matrix rows (tl.sum of a broadcast product), not tl.dot: a
-program holds one token, and decode's few tokens leave nothing to share a tile between.
+Every program routes its token from the router logits (`route_token`: zoo::moe_layer's `top_k_routing`,
+K rounds of argmax over the N logits in fp32, so the experts come out in descending order as torch.topk
+gives them, and among exactly equal scores the lowest expert index wins). The weights are vectors over
+the matrix rows (tl.sum of a broadcast product), not tl.dot: a program holds one token, and decode's few
+tokens leave nothing to share a tile between.
 - gate/up: a program per (routed slot t*K + k, block of BLOCK_F hidden units) streams those rows of its
   expert's [gate; up] matrix over d in BLOCK_D steps and stores act(gate) * up (or act(up)) in x's dtype;
 - down: a program per (token, block of BLOCK_N output channels) adds, for each of the token's K slots, the
@@ -20,6 +17,7 @@ import triton
 import triton.language as tl
 
 from zoo.ops.moe_experts.triton_kernel import ACTIVATION_CODES, activate
+from zoo.ops.moe_layer.triton_kernel import top_k_routing
 from zoo.ops.triton_aot import KernelSpec
 
 BLOCK_F, BLOCK_D, BLOCK_N = 64, 32, 64
@@ -28,29 +26,12 @@ BLOCK_F, BLOCK_D, BLOCK_N = 64, 32, 64
 @triton.jit
 def route_token(logits_ptr, n_experts, TOP_K: tl.constexpr, SOFTMAX_FIRST: tl.constexpr, BLOCK_E: tl.constexpr,
                 BLOCK_K: tl.constexpr):  # fmt: skip
-    """(experts (BLOCK_K,) int32, weights (BLOCK_K,) fp32) of one token, entries past TOP_K unused."""
+    """(experts (BLOCK_K,) int64, weights (BLOCK_K,) fp32) of one token, entries past TOP_K unused:
+    zoo::moe_layer's `top_k_routing` on a block of one row."""
     experts = tl.arange(0, BLOCK_E)
-    expert_mask = experts < n_experts
-    logits = tl.load(logits_ptr + experts, mask=expert_mask, other=float("-inf")).to(tl.float32)
-    row_max = tl.max(logits, axis=0)
-    if SOFTMAX_FIRST:
-        probs = tl.where(expert_mask, tl.exp(logits - row_max), 0.0)
-        scores = tl.where(expert_mask, probs / tl.sum(probs, axis=0), float("-inf"))  # padding never wins
-    else:
-        scores = logits
-    k_index = tl.arange(0, BLOCK_K)
-    top_scores = tl.full((BLOCK_K,), 0.0, tl.float32)
-    top_experts = tl.full((BLOCK_K,), 0, tl.int32)
-    for k in range(TOP_K):
-        best = tl.max(scores, axis=0)
-        winner = tl.min(tl.where(scores == best, experts, BLOCK_E), axis=0)  # the lowest tied index
-        top_scores = tl.where(k_index == k, best, top_scores)
-        top_experts = tl.where(k_index == k, winner, top_experts)
-        scores = tl.where(experts == winner, float("-inf"), scores)
-    if not SOFTMAX_FIRST:  # softmax over the K chosen logits; the largest of them is the row's maximum
-        top = tl.where(k_index < TOP_K, tl.exp(top_scores - row_max), 0.0)
-        top_scores = top / tl.sum(top, axis=0)
-    return top_experts, top_scores
+    logits = tl.load(logits_ptr + experts[None, :], mask=(experts < n_experts)[None, :], other=0.0).to(tl.float32)
+    top_experts, top_scores = top_k_routing(logits, n_experts, TOP_K, SOFTMAX_FIRST, 1, BLOCK_E, BLOCK_K)
+    return tl.sum(top_experts, axis=0), tl.sum(top_scores, axis=0)  # the one row
 
 
 @triton.jit
