@@ -10,6 +10,7 @@ world = P x R, R replicas of a degree-P group (every replica runs the same reque
 import atexit
 import os
 import sys
+from typing import NoReturn
 
 import torch
 
@@ -101,3 +102,44 @@ def shutdown() -> None:
         if dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_rank(status: int | str | None) -> NoReturn:
+    """End this rank with SystemExit's `status` (None or 0: success; a string is printed and exits 1) without
+    the interpreter's finalisation. Gloo's worker threads can still be releasing the last collectives'
+    tensors when the main thread exits; during finalisation that release cannot take the GIL, the thread is
+    ended inside a destructor and the process aborts (terminate called without an active exception).
+
+    A successful rank shuts the group down first (`shutdown`). A failing one waits up to
+    FAILED_RANK_WAIT_S for the others (`wait_for_failed_ranks`): every rank usually fails alike (a bad
+    request), and a rank that left first would have the launcher stop rank 0 before it printed the error."""
+    if isinstance(status, str):
+        print(status, file=sys.stderr)
+        status = 1
+    code = status or 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code == 0:
+        shutdown()
+    else:
+        wait_for_failed_ranks()
+    os._exit(code)
+
+
+FAILED_RANK_WAIT_S = 30
+
+
+def wait_for_failed_ranks() -> None:
+    """A barrier that gives up after FAILED_RANK_WAIT_S (a rank that failed alone: the others are inside a
+    collective and never come). Gloo has such a barrier (monitored_barrier); with NCCL a failing rank leaves
+    at once."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1 or dist.get_backend() != "gloo":
+        return
+    try:
+        dist.monitored_barrier(timeout=datetime.timedelta(seconds=FAILED_RANK_WAIT_S))
+    except RuntimeError:
+        pass

@@ -7,10 +7,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from click.testing import CliRunner
+from torch.multiprocessing import ProcessExitedException
 
 from runtime.distributed import TORCHRUN_VARIABLES, free_port
 from tests.parallel import megatron_shards
+from tests.parallel.spawn import run_on_two_ranks
 from tests.parallel.test_megatron import source_model
 from zoo.cli import main
 
@@ -64,6 +67,44 @@ def test_generate_and_bench_under_torchrun(tmp_path, no_launcher):
     assert per_step["all_gather"]["bytes"] == analytic["all_gather"] == 2 * 256 * 4
     assert per_step["reduce_scatter"]["calls"] == 0  # sequence parallelism is for prefill only
     assert point["prefill_collectives"]["reduce_scatter"]["calls"] == 2 * 2 + 1  # prompt of 8: even
+
+
+def test_a_failing_request_under_torchrun_exits_1_with_one_error_line(no_launcher):
+    too_long = ",".join(["5"] * 300)  # llama-tiny's context is 256
+    failed = torchrun("generate", "llama-tiny", "--tp", "2", "--prompt-ids", too_long)
+    assert failed.returncode == 1
+    assert failed.stderr.count("prompt 0 has 300 tokens, longer than the model's context of 256") == 1
+    assert "terminate called" not in failed.stderr
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "stderr"), [(None, 0, ""), (3, 3, ""), ("no ranks left", 1, "no ranks left\n")]
+)
+def test_exit_rank_leaves_with_the_status_of_system_exit(status, code, stderr):
+    program = f"from runtime.distributed import exit_rank; print('kept', end=''); exit_rank({status!r}); print('after')"
+    left = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert (left.returncode, left.stdout, left.stderr) == (code, "kept", stderr)  # stdout flushed, nothing after
+
+
+def fail_on_rank_0_while_rank_1_waits(rank: int) -> None:
+    import time
+
+    import torch.distributed as dist
+
+    import runtime.distributed
+
+    if rank == 1:
+        dist.recv(torch.zeros(1), src=0)  # a collective rank 0 never joins
+    runtime.distributed.FAILED_RANK_WAIT_S = 1
+    start = time.monotonic()
+    runtime.distributed.exit_rank(1)
+    raise AssertionError(f"exit_rank returned after {time.monotonic() - start:.1f} s")
+
+
+def test_a_rank_failing_alone_leaves_after_the_wait():
+    with pytest.raises(ProcessExitedException) as failed:
+        run_on_two_ranks(fail_on_rank_0_while_rank_1_waits)
+    assert (failed.value.error_index, failed.value.exit_code) == (0, 1)
 
 
 @pytest.mark.parametrize(
