@@ -1,7 +1,7 @@
 """The zoo's torch.compile backend: zoo graph passes on the Dynamo graph, then inductor (the default target)
 or torch-tensorrt (`options={"target": "tensorrt"}`, passes/tensorrt_backend.py).
 
-    torch.compile(fn, backend="zoo")                                   # matvec rewrite, then inductor
+    torch.compile(fn, backend="zoo")                                   # matvec, prepack, then inductor
     torch.compile(fn, backend="zoo", options={"max_autotune": True})   # the other options patch inductor's config
     torch.compile(fn, backend="zoo", options={"target": "tensorrt", "min_block_size": 1})
 """
@@ -11,6 +11,7 @@ import logging
 import torch
 
 from passes.matvec_pass import matvec_pass
+from passes.prepack_linear_pass import prepack_linear_pass
 from zoo.errors import ZooError
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,9 @@ def parse_inductor_options(options: dict, mode: str | None = None) -> dict:
 def zoo_inductor(gm: torch.fx.GraphModule, example_inputs, mode: str | None = None, options: dict | None = None):
     """torch.compile(fn, backend=zoo_inductor[, mode=..., options=...]); the "zoo" backend's entry point.
 
-    options["target"] picks the compiler after the zoo passes (TARGETS; default "inductor"). Records the
-    pass hits on gm.meta["zoo_pass_hits"]."""
+    options["target"] picks the compiler after the zoo passes (TARGETS; default "inductor"). For inductor
+    the passes are the matvec rewrite (one-row linear layers) and the oneDNN prepack of the others; their
+    hits are recorded on gm.meta["zoo_pass_hits"]."""
     options = dict(options or {})
     target = options.pop("target", "inductor")
     if target not in TARGETS:
@@ -52,6 +54,7 @@ def zoo_inductor(gm: torch.fx.GraphModule, example_inputs, mode: str | None = No
 
     config_patches = parse_inductor_options(options, mode)
     hits = {"matvec_pass": matvec_pass(gm)}
+    hits["prepack_linear_pass"] = prepack_linear_pass(gm, example_inputs)
     gm.meta["zoo_pass_hits"] = hits
     log.info("zoo passes on a graph of %d nodes: %s", len(gm.graph.nodes), hits)
     return compile_fx(gm, example_inputs, config_patches=config_patches or None)

@@ -3,9 +3,9 @@
 Recognises: `call_function` nodes of `torch._C._nn.linear` (F.linear) in a Dynamo FX graph whose input
 has at most `max_rows` rows (static shapes), and replaces y = x W^T + b with
 y = (x[..., None, :] * W).sum(-1) + b. Inductor lowers that to one vectorised loop that streams every
-contiguous row of a row-major W once, which on CPU beats BLAS for one or two rows (figures in
-docs/architecture.md). With more rows the weight is streamed once per row and BLAS wins, so larger inputs
-are left alone (MAX_ROWS).
+contiguous row of a row-major W once, which on CPU beats BLAS at one row (figures in docs/architecture.md).
+With more rows the weight is streamed once per row, and oneDNN on a packed weight
+(passes/prepack_linear_pass.py) was faster from two rows up, so larger inputs are left alone (MAX_ROWS).
 The numerics are those of a matmul up to summation order.
 """
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 LINEAR_TARGETS = (torch._C._nn.linear, F.linear)
-MAX_ROWS = 2
+MAX_ROWS = 1
 
 
 def rows_of(node: torch.fx.Node) -> int | None:

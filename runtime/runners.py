@@ -79,7 +79,8 @@ def set_weight_layout(model: torch.nn.Module, layout: str) -> None:
 
     Which layout streams fastest depends on the kernel that reads it: on CPU, MKL/oneDNN read a
     column-major weight faster at every batch size tried; the compiled backend's matvec rewrite
-    (passes/matvec_pass.py, batch <= MAX_ROWS) wants row-major (figures in docs/architecture.md).
+    (passes/matvec_pass.py, batch <= MAX_ROWS) wants row-major, and its oneDNN matmuls
+    (passes/prepack_linear_pass.py) read packed copies of their own (figures in docs/architecture.md).
     """
     with torch.no_grad():
         for param in model.parameters():
@@ -178,7 +179,9 @@ class CompiledRunner(TorchRunner):
     """Prefill and decode step under torch.compile with the zoo backend (passes/backend.py: zoo graph passes,
     then inductor). Prefill has dynamic shapes (one graph for all prompt lengths); the decode step has static
     shapes (`static_shapes`: the engine rounds the cache length up to a bucket, so requests of similar size
-    reuse one graph). Weights row-major where the matvec rewrite applies (batch <= MAX_ROWS)."""
+    reuse one graph). Weights row-major, as the matvec rewrite (batch <= MAX_ROWS) reads them; the
+    prepack pass's oneDNN matmuls read their own packed copies, so the layout stays put across batch sizes
+    (a change would repack them). Without oneDNN, batches above MAX_ROWS go to BLAS: column-major."""
 
     backend = "compiled"
     static_shapes = True
@@ -187,8 +190,9 @@ class CompiledRunner(TorchRunner):
         if self.weight_layout != "auto":
             return self.weight_layout
         from passes.matvec_pass import MAX_ROWS
+        from zoo.ops import onednn
 
-        return "row-major" if batch <= MAX_ROWS else "column-major"
+        return "row-major" if batch <= MAX_ROWS or onednn.available() else "column-major"
 
 
 def torch_runner(model: torch.nn.Module, backend: str = "torch", weight_layout: str = "auto") -> TorchRunner:

@@ -6,6 +6,7 @@ import torch
 
 import zoo.ops
 from tests.ops.conftest import assert_close
+from zoo.ops import onednn
 from zoo.ops.moe_experts import ACTIVATIONS, moe_experts, moe_experts_ref, route
 from zoo.ops.moe_experts.reference import expert_hidden
 from zoo.ops.moe_experts.triton_kernel import block_schedule
@@ -92,6 +93,21 @@ def test_cpu_matches_reference(dtype, tokens, skew, routing, gated, activation):
         actual = moe_experts(*inputs, 2, routing, activation, gated)
     assert actual.dtype == dtype and actual.shape == inputs[0].shape
     assert_close(actual, expected, dtype)
+
+
+def test_cpu_packed_experts_follow_in_place_updates():
+    """fp32 experts without autograd run on oneDNN copies packed once; an update of the weights repacks."""
+    inputs = make_inputs(33)
+    w_in, w_down = inputs[2], inputs[3]
+    with zoo.ops.kernel_choice("cpu"), torch.no_grad():
+        assert onednn.packable(w_in) and onednn.packable(w_down)
+        first = moe_experts(*inputs, 2, "softmax-topk", "silu", True)
+        w_in.mul_(0.5)
+        w_down[3].neg_()
+        updated = moe_experts(*inputs, 2, "softmax-topk", "silu", True)
+        expected = moe_experts_ref(*inputs, 2, "softmax-topk", "silu", True)
+    assert_close(updated, expected)
+    assert not torch.allclose(first, updated, atol=1e-3)
 
 
 def test_cpu_with_every_token_on_one_expert_and_top_k_equal_to_n():

@@ -9,11 +9,16 @@ matmul over groups padded to the largest, or torch._grouped_mm over the sorted s
 intermediate for all experts at once and ran slower on CPU at decode and prefill sizes.
 Reading the group sizes on the host is no device sync here (CPU tensors); the Triton implementation builds
 its schedule on the device instead.
+Without autograd, fp32 experts run through oneDNN on weights packed once per expert (zoo/ops/onednn.py),
+which at 2048 tokens took the layer from the aten matmul bound to below it (docs/architecture.md).
 """
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
+from zoo.ops import onednn
 from zoo.ops.moe_experts.reference import ACTIVATIONS, route
 
 IN_PLACE_ACTIVATIONS = {
@@ -50,10 +55,21 @@ def moe_experts_cpu(
     weights_sorted = weights.flatten()[order, None]  # fp32
     counts = torch.bincount(flat, minlength=w_gate_up.shape[0]).tolist()  # host read: no device sync on CPU
     y = torch.zeros(T, d, dtype=torch.float32, device=x.device)  # summed over each token's K slots in fp32
-    # per expert: its tokens, their routing weights, and its weights as (d, 2F|F) and (F, d) views
-    groups = zip(tokens_sorted.split(counts), weights_sorted.split(counts), w_gate_up.mT, w_down.mT)
-    for tokens, token_weights, w_in, w_out in groups:
+    # per expert: its tokens, their routing weights, and the products with its two matrices
+    groups = zip(tokens_sorted.split(counts), weights_sorted.split(counts), *expert_products(w_gate_up, w_down))
+    for tokens, token_weights, project_in, project_out in groups:
         if tokens.numel():
-            hidden = hidden_in_place(torch.mm(x.index_select(0, tokens), w_in), activation, gated)
-            y.index_add_(0, tokens, torch.mm(hidden, w_out).float().mul_(token_weights))
+            hidden = hidden_in_place(project_in(x.index_select(0, tokens)), activation, gated)
+            y.index_add_(0, tokens, project_out(hidden).float().mul_(token_weights))
     return y.to(x.dtype)
+
+
+def expert_products(w_gate_up: torch.Tensor, w_down: torch.Tensor) -> tuple[list, list]:
+    """Per expert, h -> h @ w_gate_up[e]^T and h -> h @ w_down[e]^T: oneDNN on packed weights where it can
+    read them, else aten's matmul on the transposed views."""
+    if onednn.packable(w_gate_up) and onednn.packable(w_down):
+        packed_in, packed_out = onednn.packed_experts(w_gate_up), onednn.packed_experts(w_down)
+        return [partial(onednn.linear, packed=w) for w in packed_in], [
+            partial(onednn.linear, packed=w) for w in packed_out
+        ]
+    return [partial(torch.mm, mat2=w) for w in w_gate_up.mT], [partial(torch.mm, mat2=w) for w in w_down.mT]

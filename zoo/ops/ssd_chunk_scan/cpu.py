@@ -55,10 +55,10 @@ def ssd_chunk_scan_cpu(
     chunk_decay = torch.exp(A_cs[:, :, :, -1])[..., None, None]  # (b, c, g, hg, 1, 1)
     added = added.view(b, c, g, hg, p, n)
     entering = torch.empty_like(added)
-    state = initial_state.float().reshape(b, g, hg, p, n)
-    for chunk in range(c):
-        entering[:, chunk] = state
-        state = torch.addcmul(added[:, chunk], state, chunk_decay[:, chunk])
+    entering[:, 0] = initial_state.reshape(b, g, hg, p, n)
+    for chunk in range(1, c):  # one pass over the state per chunk, written where step 4 reads it
+        torch.addcmul(added[:, chunk - 1], entering[:, chunk - 1], chunk_decay[:, chunk - 1], out=entering[:, chunk])
+    state = torch.addcmul(added[:, -1], entering[:, -1], chunk_decay[:, -1])
     # 4. the entering state's contribution: exp(A_cs[l]) C_l . state_in
     y = (C @ entering.view(rows, hg * p, n).transpose(1, 2)).view(b, c, g, Q, hg, p)
     y.mul_(torch.exp(A_cs)[..., None]).add_(y_diag.transpose(3, 4))
