@@ -67,9 +67,7 @@ def moe_experts_cpu(
 def expert_products(w_gate_up: torch.Tensor, w_down: torch.Tensor) -> tuple[list, list]:
     """Per expert, h -> h @ w_gate_up[e]^T and h -> h @ w_down[e]^T: oneDNN on packed weights where it can
     read them, else aten's matmul on the transposed views."""
-    if onednn.packable(w_gate_up) and onednn.packable(w_down):
-        packed_in, packed_out = onednn.packed_experts(w_gate_up), onednn.packed_experts(w_down)
-        return [partial(onednn.linear, packed=w) for w in packed_in], [
-            partial(onednn.linear, packed=w) for w in packed_out
-        ]
-    return [partial(torch.mm, mat2=w) for w in w_gate_up.mT], [partial(torch.mm, mat2=w) for w in w_down.mT]
+    matrices = (w_gate_up, w_down)
+    if all(onednn.packable(m) for m in matrices):
+        return tuple([partial(onednn.linear, packed=w) for w in onednn.packed_experts(m)] for m in matrices)
+    return tuple([partial(torch.mm, mat2=w) for w in m.mT] for m in matrices)
